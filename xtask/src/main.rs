@@ -1,0 +1,160 @@
+//! `cargo xtask`: builds a patched Node.js, runs the three test tiers and
+//! manages the patch set. Run `cargo xtask help` for the commands.
+
+mod build;
+mod cache;
+mod fetch;
+mod patches;
+mod progress;
+mod test;
+mod tree;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+const HELP: &str = "\
+cargo xtask COMMAND [OPTIONS]
+
+Commands:
+  fetch-node          download, verify and assemble the Node.js v22.22.2 source tree
+  build-node          apply patches/, build native/ and build the patched node
+  node -- ARGS        run the patched node with ARGS
+  test                run the test tiers: cargo test, node-tests/, Node's test-tls-*
+  patches export      write the commits of the build tree back into patches/
+  patches apply       apply patches/ to the build tree without building
+  baseline            record Node's test-tls-* results of the unpatched build
+  help                print this text
+
+Options:
+  --cache-dir DIR     where sources, builds and the compiler cache live
+                      (default: $TLS_SPLICE_CACHE_DIR, else ~/.cache/node-tls-splice)
+  --node-src DIR      use a complete upstream Node.js source tree instead of
+                      assembling one from registry packages (fetch-node, build-node)
+  --node-tarball FILE use an upstream release tarball (node-v22.22.2.tar.gz or .xz)
+  --no-patches        build-node: build the tree without patches/ (for `baseline`)
+  --jobs N            parallel compile jobs (default: number of CPUs)
+  --tier LIST         test: comma-separated tiers to run, e.g. 1,3 (default: 1,2,3)
+  --no-build          test: do not rebuild node before tiers 2 and 3
+";
+
+/// Command-line options shared by the commands.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub cache_dir: Option<String>,
+    pub node_src: Option<String>,
+    pub node_tarball: Option<String>,
+    pub no_patches: bool,
+    pub jobs: Option<usize>,
+    pub tiers: Option<Vec<u8>>,
+    pub no_build: bool,
+    /// Arguments after `--`, passed to `node`.
+    pub rest: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut positional = Vec::new();
+    let mut opts = Options::default();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .with_context(|| format!("option {name} requires a value"))
+        };
+        match arg.as_str() {
+            "--" => {
+                opts.rest = args.by_ref().collect();
+            }
+            "--cache-dir" => opts.cache_dir = Some(value("--cache-dir")?),
+            "--node-src" => opts.node_src = Some(value("--node-src")?),
+            "--node-tarball" => opts.node_tarball = Some(value("--node-tarball")?),
+            "--no-patches" => opts.no_patches = true,
+            "--no-build" => opts.no_build = true,
+            "--jobs" | "-j" => {
+                let text = value("--jobs")?;
+                let jobs = text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|jobs| *jobs > 0)
+                    .with_context(|| format!("invalid --jobs value {text:?}: expected a positive integer"))?;
+                opts.jobs = Some(jobs);
+            }
+            "--tier" => {
+                let text = value("--tier")?;
+                let mut tiers = Vec::new();
+                for part in text.split(',') {
+                    match part.trim() {
+                        "1" => tiers.push(1),
+                        "2" => tiers.push(2),
+                        "3" => tiers.push(3),
+                        other => bail!("invalid --tier value {other:?}: expected 1, 2 or 3"),
+                    }
+                }
+                opts.tiers = Some(tiers);
+            }
+            "-h" | "--help" => positional.insert(0, "help".to_string()),
+            flag if flag.starts_with('-') => {
+                bail!("unknown option {flag:?}; run `cargo xtask help` for the list")
+            }
+            _ => positional.push(arg),
+        }
+    }
+    if opts.node_src.is_some() && opts.node_tarball.is_some() {
+        bail!("--node-src and --node-tarball are mutually exclusive; pass one of them");
+    }
+
+    let command: Vec<&str> = positional.iter().map(String::as_str).collect();
+    match command.as_slice() {
+        [] | ["help"] => {
+            print!("{HELP}");
+            Ok(())
+        }
+        ["fetch-node"] => {
+            let layout = cache::Layout::new(&opts)?;
+            tree::ensure_tree(&layout, &opts)?;
+            Ok(())
+        }
+        ["build-node"] => {
+            let layout = cache::Layout::new(&opts)?;
+            let node = build::build_node(&layout, &opts)?;
+            println!("{}", node.display());
+            Ok(())
+        }
+        ["node"] => {
+            let layout = cache::Layout::new(&opts)?;
+            build::run_node(&layout, &opts.rest)
+        }
+        ["test"] => {
+            let layout = cache::Layout::new(&opts)?;
+            test::run_tests(&layout, &opts)
+        }
+        ["baseline"] => {
+            let layout = cache::Layout::new(&opts)?;
+            test::record_baseline(&layout, &opts)
+        }
+        ["patches", "export"] => {
+            let layout = cache::Layout::new(&opts)?;
+            patches::export(&layout)
+        }
+        ["patches", "apply"] => {
+            let layout = cache::Layout::new(&opts)?;
+            tree::ensure_tree(&layout, &opts)?;
+            patches::apply(&layout, opts.no_patches)?;
+            Ok(())
+        }
+        _ => bail!(
+            "unknown command {:?}; run `cargo xtask help` for the list",
+            command.join(" ")
+        ),
+    }
+}
