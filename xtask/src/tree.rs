@@ -372,7 +372,7 @@ fn assemble_from_registries(sh: &Shell, layout: &Layout, sources: &Sources) -> R
     let undici_dest = tree.join("deps/undici");
     std::fs::create_dir_all(&undici_dest)?;
     let bundle = std::fs::read_to_string(undici.join("undici-fetch.js"))?;
-    std::fs::write(undici_dest.join("undici.js"), to_latin1(&bundle))?;
+    std::fs::write(undici_dest.join("undici.js"), restrict_to_latin1(&bundle))?;
     copy_into(&undici.join("LICENSE"), &undici_dest)?;
 
     // node.gyp names this file as an input of the FIPS install step. The
@@ -388,11 +388,12 @@ fn assemble_from_registries(sh: &Shell, layout: &Layout, sources: &Sources) -> R
     Ok(())
 }
 
-/// Recodes UTF-8 text to Latin-1 bytes, the way undici's release script does
-/// with `buffer.transcode`: characters outside Latin-1 become `?`.
-fn to_latin1(text: &str) -> Vec<u8> {
+/// Replaces the characters outside Latin-1 with `?`, as undici's release
+/// script (`scripts/strip-comments.js`) does by transcoding to Latin-1 and
+/// back before it writes the file as UTF-8.
+fn restrict_to_latin1(text: &str) -> String {
     text.chars()
-        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .map(|c| if u32::from(c) <= 0xff { c } else { '?' })
         .collect()
 }
 
