@@ -29,6 +29,8 @@ pub struct DebianSource {
     pub suites: Vec<String>,
     pub file: String,
     pub sha256: String,
+    /// Size in bytes, shown before the download starts.
+    pub size: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +42,8 @@ pub struct Package {
     pub sdist: bool,
     pub file: String,
     pub sha256: String,
+    /// Size in bytes, shown before the download starts.
+    pub size: u64,
 }
 
 impl Sources {
@@ -111,10 +115,11 @@ fn already_verified(path: &Path, expected: &str) -> bool {
     path.is_file() && sha256_file(path).map(|h| h == expected).unwrap_or(false)
 }
 
-fn describe_size(path: &Path) -> String {
-    match std::fs::metadata(path) {
-        Ok(meta) => format!("{:.1} MiB", meta.len() as f64 / (1024.0 * 1024.0)),
-        Err(_) => "?".to_string(),
+fn describe_size(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0} KiB", (bytes as f64 / 1024.0).ceil())
     }
 }
 
@@ -175,7 +180,7 @@ fn download_debian(sh: &Shell, layout: &Layout, source: &DebianSource) -> Result
         .context("apt-get update with the private deb-src list failed")?;
 
     let spec = format!("{}={}", source.package, source.version);
-    eprintln!("fetch-node: downloading {} (about 23 MiB) with apt-get source", source.file);
+    eprintln!("fetch-node: downloading {} ({}) with apt-get source", source.file, describe_size(source.size));
     let _dir = sh.push_dir(&dest_dir);
     // Only the .orig tarball is served; the .dsc and the Debian tarball
     // answer 404, so apt-get exits non-zero although the tarball arrived.
@@ -192,7 +197,7 @@ fn download_debian(sh: &Shell, layout: &Layout, source: &DebianSource) -> Result
         );
     }
     verify(&dest, &source.sha256)?;
-    eprintln!("fetch-node: {} verified ({})", source.file, describe_size(&dest));
+    eprintln!("fetch-node: {} verified", source.file);
     Ok(())
 }
 
@@ -288,7 +293,7 @@ fn download_pypi(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}=={}", package.name, package.version);
-    eprintln!("fetch-node: downloading {spec} from PyPI");
+    eprintln!("fetch-node: downloading {spec} from PyPI ({})", describe_size(package.size));
     // One package per call: pip download of several sdists at once failed here.
     let binary_flag: &[&str] = if package.sdist { &["--no-binary", ":all:"] } else { &[] };
     cmd!(sh, "python3 -m pip download --quiet --no-deps {binary_flag...} -d {dest_dir} {spec}")
@@ -296,7 +301,7 @@ fn download_pypi(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
         .run()
         .with_context(|| format!("pip download {spec} failed"))?;
     verify(&dest, &package.sha256)?;
-    eprintln!("fetch-node: {} verified ({})", package.file, describe_size(&dest));
+    eprintln!("fetch-node: {} verified", package.file);
     Ok(())
 }
 
@@ -308,7 +313,7 @@ fn download_crate(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> 
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}@{}", package.name, package.version);
-    eprintln!("fetch-node: downloading crate {spec}");
+    eprintln!("fetch-node: downloading crate {spec} ({})", describe_size(package.size));
     // `cargo info` stores the .crate file in cargo's registry cache.
     cmd!(sh, "cargo info --quiet {spec}")
         .quiet()
@@ -328,7 +333,7 @@ fn download_crate(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> 
         .with_context(|| format!("{} not found under {}", package.file, registry_cache.display()))?;
     std::fs::copy(&found, &dest)?;
     verify(&dest, &package.sha256)?;
-    eprintln!("fetch-node: {} verified ({})", package.file, describe_size(&dest));
+    eprintln!("fetch-node: {} verified", package.file);
     Ok(())
 }
 
@@ -340,7 +345,7 @@ fn download_npm(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}@{}", package.name, package.version);
-    eprintln!("fetch-node: downloading npm package {spec}");
+    eprintln!("fetch-node: downloading npm package {spec} ({})", describe_size(package.size));
     let _dir = sh.push_dir(&dest_dir);
     cmd!(sh, "npm pack --quiet {spec}")
         .quiet()
@@ -348,6 +353,6 @@ fn download_npm(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
         .run()
         .with_context(|| format!("npm pack {spec} failed"))?;
     verify(&dest, &package.sha256)?;
-    eprintln!("fetch-node: {} verified ({})", package.file, describe_size(&dest));
+    eprintln!("fetch-node: {} verified", package.file);
     Ok(())
 }

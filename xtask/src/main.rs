@@ -33,6 +33,8 @@ Options:
                       assembling one from registry packages (fetch-node, build-node)
   --node-tarball FILE use an upstream release tarball (node-v22.22.2.tar.gz or .xz)
   --no-patches        build-node: build the tree without patches/ (for `baseline`)
+  --ccache-seed FILE  build-node: unpack this ccache archive (a tar of a ccache
+                      folder from an earlier build) into an empty compiler cache
   --jobs N            parallel compile jobs (default: number of CPUs)
   --tier LIST         test: comma-separated tiers to run, e.g. 1,3 (default: 1,2,3)
   --no-build          test: do not rebuild node before tiers 2 and 3
@@ -45,6 +47,7 @@ pub struct Options {
     pub node_src: Option<String>,
     pub node_tarball: Option<String>,
     pub no_patches: bool,
+    pub ccache_seed: Option<String>,
     pub jobs: Option<usize>,
     pub tiers: Option<Vec<u8>>,
     pub no_build: bool,
@@ -79,6 +82,7 @@ fn run() -> Result<()> {
             "--node-src" => opts.node_src = Some(value("--node-src")?),
             "--node-tarball" => opts.node_tarball = Some(value("--node-tarball")?),
             "--no-patches" => opts.no_patches = true,
+            "--ccache-seed" => opts.ccache_seed = Some(value("--ccache-seed")?),
             "--no-build" => opts.no_build = true,
             "--jobs" | "-j" => {
                 let text = value("--jobs")?;
