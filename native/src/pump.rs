@@ -362,6 +362,27 @@ impl Splice {
         self.decrypt.as_ref().map_or(0, |d| d.ring.len())
     }
 
+    /// Describes the state of both directions, for traces and test failures.
+    pub fn describe(&self) -> String {
+        let decrypt = self.decrypt.as_ref().map(|d| {
+            format!(
+                "in: done={} blocked={:?} buffered={} close_notify={} transport_stopped={} eof={}",
+                d.done, d.blocked, d.ring.len(), d.close_notify, d.transport_stopped, d.transport_eof
+            )
+        });
+        let encrypt = self.encrypt.as_ref().map(|e| {
+            format!("out: {:?} pending={} eof={}", e.state, e.pending - e.written, e.eof)
+        });
+        format!(
+            "splice fd {}: {}; {}; polled={} released={}",
+            self.config.fd,
+            decrypt.unwrap_or_default(),
+            encrypt.unwrap_or_default(),
+            self.polled_events,
+            self.released
+        )
+    }
+
     /// Whether the pump wants the transport read. A host that starts
     /// reading for its own reasons checks this first.
     pub fn wants_transport_reading(&self) -> bool {
@@ -636,6 +657,11 @@ impl Splice {
     fn finish_decrypt(&mut self) {
         let d = self.decrypt.as_mut().unwrap();
         d.done = true;
+        if d.transport_stopped {
+            // The host reads the transport again, to see its EOF.
+            d.transport_stopped = false;
+            self.host.set_transport_reading(true);
+        }
         if self.config.end {
             // SAFETY: shutdown on the caller's fd. Pipes and character
             // devices answer ENOTSOCK: they have no half-close.
