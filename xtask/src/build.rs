@@ -89,7 +89,7 @@ pub fn build_node(layout: &Layout, opts: &Options) -> Result<PathBuf> {
     Ok(layout.node_binary())
 }
 
-/// Runs the patched binary with `args`, building it first when needed.
+/// Runs the patched binary with `args` and exits with its status.
 pub fn run_node(layout: &Layout, args: &[String]) -> Result<()> {
     let node = layout.node_binary();
     if !node.exists() {
@@ -103,7 +103,10 @@ pub fn run_node(layout: &Layout, args: &[String]) -> Result<()> {
         .status()
         .with_context(|| format!("cannot run {}", node.display()))?;
     if !status.success() {
-        std::process::exit(status.code().unwrap_or(1));
+        use std::os::unix::process::ExitStatusExt;
+        // A shell reports death by signal N as 128 + N.
+        let code = status.code().or_else(|| status.signal().map(|signal| 128 + signal));
+        std::process::exit(code.unwrap_or(1));
     }
     Ok(())
 }
@@ -260,12 +263,19 @@ fn build_native(sh: &Shell, layout: &Layout, state: &State) -> Result<bool> {
     } else {
         None
     };
+    // Source paths end up in the library (panic locations, debug line
+    // tables). Mapping the checkout to a fixed name keeps the library's
+    // bytes, and so node's link, the same for every clone.
+    let remap = format!("--remap-path-prefix={}=/tls-splice", repo.display());
+    let _rustflags = sh.push_env("RUSTFLAGS", &remap);
+    let _cxxflags = sh.push_env("CXXFLAGS", format!("-ffile-prefix-map={}=/tls-splice", repo.display()));
     eprintln!("build-node: building the native static library");
     cmd!(
         sh,
         "cargo build --quiet --release --manifest-path {repo}/Cargo.toml
          --package tls-splice --lib --target-dir {target}"
     )
+    .quiet()
     .run()
     .context("cargo build of native/ failed")?;
 

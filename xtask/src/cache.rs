@@ -74,6 +74,29 @@ impl Layout {
         self.tree.join("out/Release/node")
     }
 
+    /// Takes an exclusive lock on the cache folder for the life of the
+    /// returned file, waiting for another xtask run that holds it.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let path = self.root.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                eprintln!("xtask: waiting for another xtask run that uses {}", self.root.display());
+                file.lock()?;
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        Ok(file)
+    }
+
     pub fn load_state(&self) -> Result<State> {
         match std::fs::read(&self.state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes)

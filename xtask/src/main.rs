@@ -108,7 +108,10 @@ fn run() -> Result<()> {
             }
             "-h" | "--help" => positional.insert(0, "help".to_string()),
             flag if flag.starts_with('-') => {
-                bail!("unknown option {flag:?}; run `cargo xtask help` for the list")
+                bail!(
+                    "unknown option {flag:?}; run `cargo xtask help` for the list \
+                     (node's own options go after `--`)"
+                )
             }
             _ => positional.push(arg),
         }
@@ -118,44 +121,45 @@ fn run() -> Result<()> {
     }
 
     let command: Vec<&str> = positional.iter().map(String::as_str).collect();
+    if matches!(command.as_slice(), [] | ["help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let layout = cache::Layout::new(&opts)?;
+    // `node` only reads the binary; everything else may change the tree.
+    let _lock = if command.as_slice() == ["node"] { None } else { Some(layout.lock()?) };
     match command.as_slice() {
-        [] | ["help"] => {
-            print!("{HELP}");
-            Ok(())
-        }
         ["fetch-node"] => {
-            let layout = cache::Layout::new(&opts)?;
             tree::ensure_tree(&layout, &opts)?;
             Ok(())
         }
         ["build-node"] => {
-            let layout = cache::Layout::new(&opts)?;
             let node = build::build_node(&layout, &opts)?;
             println!("{}", node.display());
             Ok(())
         }
         ["node"] => {
-            let layout = cache::Layout::new(&opts)?;
             build::run_node(&layout, &opts.rest)
         }
         ["test"] => {
-            let layout = cache::Layout::new(&opts)?;
             test::run_tests(&layout, &opts)
         }
         ["baseline"] => {
-            let layout = cache::Layout::new(&opts)?;
             test::record_baseline(&layout, &opts)
         }
         ["patches", "export"] => {
-            let layout = cache::Layout::new(&opts)?;
             patches::export(&layout)
         }
         ["patches", "apply"] => {
-            let layout = cache::Layout::new(&opts)?;
             tree::ensure_tree(&layout, &opts)?;
             patches::apply(&layout, opts.no_patches)?;
             Ok(())
         }
+        ["node", ..] => bail!(
+            "unexpected arguments {:?}; pass node's arguments after `--`, as in \
+             `cargo xtask node -- -p process.versions`",
+            command[1..].join(" ")
+        ),
         _ => bail!(
             "unknown command {:?}; run `cargo xtask help` for the list",
             command.join(" ")

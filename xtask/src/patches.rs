@@ -117,10 +117,19 @@ pub fn apply(layout: &Layout, no_patches: bool) -> Result<String> {
             .output()?;
         if !output.status.success() {
             let _ = cmd!(sh, "git -C {am} am --abort").quiet().ignore_status().run();
+            // git's own advice (`git am --continue`) does not apply: the
+            // attempt was made, and aborted, in a private worktree.
+            let details: String = [output.stdout, output.stderr]
+                .iter()
+                .flat_map(|bytes| String::from_utf8_lossy(bytes).lines().map(str::to_string).collect::<Vec<_>>())
+                .filter(|line| !line.starts_with("hint:") && !line.contains("git am --"))
+                .map(|line| format!("  {line}\n"))
+                .collect();
             bail!(
-                "patch {name} does not apply to Node.js v22.22.2:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                "patch {name} does not apply to Node.js v22.22.2:\n{details}\
+                 The build tree is unchanged. Fix the change as a commit in {} \
+                 and run `cargo xtask patches export`.",
+                layout.tree.display()
             );
         }
         eprintln!("build-node: applied {name}");

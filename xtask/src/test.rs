@@ -57,6 +57,7 @@ fn baseline_path(layout: &Layout) -> PathBuf {
 }
 
 pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
+    let explicit_tiers = opts.tiers.is_some();
     let tiers = opts.tiers.clone().unwrap_or_else(|| vec![1, 2, 3]);
     let mut total = Counts::default();
     let mut not_run: Vec<String> = Vec::new();
@@ -109,6 +110,9 @@ pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
     for line in &not_run {
         println!("{line}");
     }
+    if explicit_tiers && !not_run.is_empty() {
+        problems.push("tiers requested with --tier could not run (see the line above)".to_string());
+    }
     for problem in &problems {
         println!("FAILED: {problem}");
     }
@@ -147,7 +151,7 @@ fn node_for_tests(layout: &Layout, opts: &Options, not_run: &mut Vec<String>) ->
 fn tier1(layout: &Layout) -> Result<Counts> {
     let repo = &layout.repo;
     let output = Command::new("cargo")
-        .args(["test", "--workspace", "--manifest-path"])
+        .args(["test", "--workspace", "--no-fail-fast", "--manifest-path"])
         .arg(repo.join("Cargo.toml"))
         .output()
         .context("cannot run cargo test")?;
@@ -244,17 +248,31 @@ fn run_test_py(layout: &Layout, node: &Path, patterns: &[String], opts: &Options
     Ok(results)
 }
 
+/// File of the tree that lists the test files tier 2 copied into it.
+fn installed_list(layout: &Layout) -> PathBuf {
+    layout.root.join("node-tests-installed.json")
+}
+
+fn read_installed(layout: &Layout) -> Vec<String> {
+    std::fs::read(installed_list(layout))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
 /// Runs Node's own test-tls-* files, leaving out the copies of node-tests/
-/// that tier 2 puts into the same folder.
+/// that tier 2 puts into the same folder, from this checkout or another.
 fn node_tls_tests(layout: &Layout, node: &Path, opts: &Options) -> Result<Vec<(String, Outcome, String)>> {
-    let ours: Vec<String> = std::fs::read_dir(layout.repo.join("node-tests"))
+    let mut ours: Vec<String> = std::fs::read_dir(layout.repo.join("node-tests"))
         .map(|entries| {
             entries
                 .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().trim_end_matches(".js").to_string())
+                .map(|entry| entry.file_name().to_string_lossy().to_string())
                 .collect()
         })
         .unwrap_or_default();
+    ours.extend(read_installed(layout));
+    let ours: Vec<String> = ours.iter().map(|name| name.trim_end_matches(".js").to_string()).collect();
     let results = run_test_py(layout, node, &[TLS_PATTERN.to_string()], opts)?;
     Ok(results
         .into_iter()
@@ -272,11 +290,19 @@ fn tier2(layout: &Layout, node: &Path, opts: &Options) -> Result<(Counts, Vec<St
         .map(|entry| entry.path())
         .collect();
     entries.sort();
+    // Remove the copies of an earlier run, so that a test deleted or
+    // renamed since then does not linger in the tree.
+    let parallel = layout.tree.join("test/parallel");
+    for name in read_installed(layout) {
+        let _ = std::fs::remove_file(parallel.join(&name));
+    }
+    let mut installed = Vec::new();
     for path in entries {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         if path.is_file() && name.starts_with("test-") && name.ends_with(".js") {
-            std::fs::copy(&path, layout.tree.join("test/parallel").join(&name))?;
+            std::fs::copy(&path, parallel.join(&name))?;
             patterns.push(format!("parallel/{}", name.trim_end_matches(".js")));
+            installed.push(name);
         } else if path.is_dir() && name == "fixtures" {
             let sh = Shell::new()?;
             let dest = layout.tree.join("test/fixtures/tls-splice");
@@ -284,6 +310,7 @@ fn tier2(layout: &Layout, node: &Path, opts: &Options) -> Result<(Counts, Vec<St
             cmd!(sh, "cp -r {path}/. {dest}/").quiet().run()?;
         }
     }
+    std::fs::write(installed_list(layout), serde_json::to_vec(&installed)?)?;
     if patterns.is_empty() {
         return Ok((Counts::default(), Vec::new()));
     }
