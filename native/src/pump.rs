@@ -212,6 +212,7 @@ pub struct Splice {
     polled_events: i32,
     /// File status flags of the fd before the splice, restored at the end.
     saved_flags: i32,
+    fd_is_socket: bool,
     released: bool,
     closed: bool,
 }
@@ -313,6 +314,7 @@ impl Splice {
             open_handles: 0,
             polled_events: 0,
             saved_flags,
+            fd_is_socket: socket_type(fd).is_some(),
             released: false,
             closed: false,
         });
@@ -453,11 +455,17 @@ impl Splice {
         if let Some(e) = &mut self.encrypt {
             e.state = EncryptState::Done;
         }
+        let mut resume = false;
         if let Some(d) = &mut self.decrypt {
             d.done = true;
             d.blocked = None;
+            resume = std::mem::take(&mut d.transport_stopped);
         }
         self.give_back_decrypted();
+        if resume {
+            // The host reads for itself again, from where the pump stopped.
+            self.host.set_transport_reading(true);
+        }
         self.release_fd();
     }
 
@@ -593,12 +601,13 @@ impl Splice {
     /// packets, one write each, otherwise.
     fn flush_decrypted(&mut self) -> Result<Flush, SpliceError> {
         let fd = self.config.fd;
+        let socket = self.fd_is_socket;
         let framing = self.config.framing;
         let d = self.decrypt.as_mut().unwrap();
         if !framing.is_packet() {
             while !d.ring.is_empty() {
                 let (first, second) = d.ring.front(d.ring.len());
-                match writev(fd, first, second) {
+                match write_fd(fd, first, second, socket) {
                     Ok(n) => {
                         d.ring.consume(n);
                         d.offset += n as u64;
@@ -623,7 +632,7 @@ impl Splice {
             }
             let (first, second) = d.ring.front(packet.wire_len());
             let (first, second) = skip_prefix(first, second, packet.prefix);
-            match writev(fd, first, second) {
+            match write_fd(fd, first, second, socket) {
                 Ok(n) if n == packet.len => {
                     d.ring.consume(packet.wire_len());
                     d.offset += packet.wire_len() as u64;
@@ -991,17 +1000,30 @@ fn skip_prefix<'a>(first: &'a [u8], second: &'a [u8], prefix: usize) -> (&'a [u8
     }
 }
 
-/// Writes two slices with one `writev`, retrying on EINTR. Returns the
-/// number of bytes written or the errno.
-fn writev(fd: RawFd, first: &[u8], second: &[u8]) -> Result<usize, i32> {
-    let iov = [
+/// Writes two slices with one system call, retrying on EINTR, and returns
+/// the number of bytes written or the errno. Sockets get `sendmsg`: a
+/// zero-length `writev` to a socket returns 0 without sending anything
+/// (Linux `sock_write_iter`), which would drop an empty datagram, and
+/// `MSG_NOSIGNAL` turns SIGPIPE into EPIPE.
+fn write_fd(fd: RawFd, first: &[u8], second: &[u8], socket: bool) -> Result<usize, i32> {
+    let mut iov = [
         libc::iovec { iov_base: first.as_ptr() as *mut libc::c_void, iov_len: first.len() },
         libc::iovec { iov_base: second.as_ptr() as *mut libc::c_void, iov_len: second.len() },
     ];
     let count = if second.is_empty() { 1 } else { 2 };
     loop {
-        // SAFETY: both iovecs describe live slices.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+        // SAFETY: both iovecs describe live slices; the message header
+        // points at them and at nothing else.
+        let n = unsafe {
+            if socket {
+                let mut message: libc::msghdr = std::mem::zeroed();
+                message.msg_iov = iov.as_mut_ptr();
+                message.msg_iovlen = count as _;
+                libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+            } else {
+                libc::writev(fd, iov.as_ptr(), count)
+            }
+        };
         if n >= 0 {
             return Ok(n as usize);
         }

@@ -606,8 +606,9 @@ impl Harness {
                 self.state.borrow().endpoint.put_in(&buf[..n as usize]);
                 self.deliver_tls_input();
             } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                // Like TLSWrap, the read BIO is not marked as ended: the
+                // pump learns of the EOF from on_transport_eof.
                 self.tcp_eof = true;
-                self.state.borrow().endpoint.set_eof();
                 if self.spliced_in() {
                     self.splice.as_mut().unwrap().on_transport_eof();
                 }
