@@ -10,13 +10,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/ffi.rs");
-    println!("cargo:rerun-if-changed=include/tls_splice_host.h");
+    println!("cargo:rerun-if-changed=include/tls-splice/tls_splice_host.h");
     println!("cargo:rerun-if-env-changed=TLS_SPLICE_UV_INCLUDE");
-
-    cxx_build::bridge("src/ffi.rs")
-        .include("include")
-        .std("c++17")
-        .compile("tls-splice-bridge");
 
     let uv_include = match env::var_os("TLS_SPLICE_UV_INCLUDE") {
         Some(dir) => PathBuf::from(dir),
@@ -31,6 +26,14 @@ fn main() {
                 .unwrap_or_else(|| PathBuf::from("/usr/include"))
         }
     };
+    // The bridge's C++ side includes uv.h and openssl/ssl.h through
+    // include/tls-splice/tls_splice_host.h.
+    cxx_build::bridge("src/ffi.rs")
+        .include("include")
+        .include(&uv_include)
+        .std("c++17")
+        .compile("tls-splice-bridge");
+
     let header = uv_include.join("uv.h");
     println!("cargo:rerun-if-changed={}", header.display());
 

@@ -289,7 +289,7 @@ fn build_native(sh: &Shell, layout: &Layout, state: &State) -> Result<bool> {
             out.join("include/tls-splice/ffi.rs.h"),
         ),
         (
-            repo.join("native/include/tls_splice_host.h"),
+            repo.join("native/include/tls-splice/tls_splice_host.h"),
             out.join("include/tls-splice/tls_splice_host.h"),
         ),
     ];
