@@ -137,9 +137,67 @@ impl Framing {
     }
 }
 
+/// Cuts `stream` into packets the way the pump does and panics if the
+/// parser breaks one of its invariants: a decision made on a prefix of a
+/// header never changes when more bytes arrive, packets are at least as
+/// long as their header and at most `MAX_PACKET`, and only IPv4 and IPv6
+/// headers are accepted. Shared by the unit tests and the fuzz target.
+pub fn check_stream_cutting(framing: Framing, stream: &[u8]) {
+    let mut offset = 0;
+    while offset < stream.len() {
+        let rest = &stream[offset..];
+        let full = framing.parse(rest);
+        for cut in 0..rest.len().min(8) {
+            match framing.parse(&rest[..cut]) {
+                Ok(None) => {}
+                partial => assert_eq!(partial, full, "decision on {cut} bytes changed with more"),
+            }
+        }
+        let packet = match full {
+            Ok(Some(packet)) => packet,
+            Ok(None) | Err(_) => return,
+        };
+        assert!(packet.len <= MAX_PACKET);
+        if framing == Framing::Ip {
+            let version = rest[0] >> 4;
+            assert!(version == 4 || version == 6, "accepted version {version}");
+            let header = if version == 4 { usize::from(rest[0] & 0x0f) * 4 } else { IPV6_HEADER };
+            assert!(packet.len >= header, "packet shorter than its header");
+        }
+        if packet.wire_len() > rest.len() {
+            return;
+        }
+        offset += packet.wire_len();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_streams_keep_parser_invariants() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..2000 {
+            let len = round % 300;
+            let stream: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Bias toward valid version nibbles and small lengths.
+                    match seed % 4 {
+                        0 => 0x45,
+                        1 => 0x60,
+                        2 => 0,
+                        _ => (seed >> 8) as u8,
+                    }
+                })
+                .collect();
+            check_stream_cutting(Framing::Ip, &stream);
+            check_stream_cutting(Framing::Length16, &stream);
+        }
+    }
 
     fn ipv4(total: u16) -> Vec<u8> {
         let mut packet = vec![0u8; usize::from(total)];
