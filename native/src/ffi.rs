@@ -9,16 +9,45 @@ use std::pin::Pin;
 use crate::error::SpliceError;
 use crate::framing::Framing;
 use crate::pump::{Config, Direction, Host, Side, Splice};
+use bridge::{SpliceDirection, SpliceErrorKind, SpliceFraming};
 
 #[cxx::bridge(namespace = "tls_splice")]
 pub mod bridge {
-    /// Options of `start_splice`; JS validated them already.
+    /// Directions a splice moves.
+    enum SpliceDirection {
+        /// TLS -> fd.
+        In,
+        /// fd -> TLS.
+        Out,
+        Duplex,
+    }
+
+    /// Packet framing on the TLS stream.
+    enum SpliceFraming {
+        Stream,
+        Ip,
+        Length16,
+    }
+
+    /// Classes of errors that end a direction.
+    enum SpliceErrorKind {
+        None,
+        /// OpenSSL failed; `ssl_error` is the `SSL_get_error()` code and the
+        /// OpenSSL error queue is left for the host to read.
+        Tls,
+        /// The transport ended without `close_notify`.
+        Truncated,
+        /// A system call on the fd failed; see `syscall` and `errno_code`.
+        Fd,
+        /// The decrypted stream or a packet from the fd breaks the framing.
+        Framing,
+    }
+
+    /// Options of `start_splice`, validated by the JS layer.
     struct SpliceOptions {
         fd: i32,
-        /// 0: in (TLS -> fd), 1: out (fd -> TLS), 2: duplex.
-        direction: u8,
-        /// 0: stream, 1: ip, 2: length16.
-        framing: u8,
+        direction: SpliceDirection,
+        framing: SpliceFraming,
         high_water_mark: usize,
         end: bool,
         auto_close: bool,
@@ -32,13 +61,12 @@ pub mod bridge {
         packets_out: u64,
     }
 
-    /// Why a direction ended, or why a splice could not start.
+    /// Outcome of a direction, or the reason a splice could not start.
     struct SpliceEnd {
-        /// 0: in, 1: out.
-        side: u8,
+        /// `In` or `Out`.
+        side: SpliceDirection,
         ok: bool,
-        /// One of the `kSpliceError*` kinds below; 0 when `ok`.
-        kind: u8,
+        kind: SpliceErrorKind,
         /// `SSL_get_error()` code for TLS errors.
         ssl_error: i32,
         /// Positive errno for fd errors.
@@ -108,12 +136,6 @@ pub mod bridge {
     }
 }
 
-/// Error kinds in `SpliceEnd::kind`.
-pub const KIND_TLS: u8 = 1;
-pub const KIND_TRUNCATED: u8 = 2;
-pub const KIND_FD: u8 = 3;
-pub const KIND_FRAMING: u8 = 4;
-
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
@@ -169,14 +191,14 @@ impl Host for CxxHost {
 
 fn splice_end(side: Side, error: Option<SpliceError>) -> bridge::SpliceEnd {
     let side = match side {
-        Side::In => 0,
-        Side::Out => 1,
+        Side::In => SpliceDirection::In,
+        Side::Out => SpliceDirection::Out,
     };
     let Some(error) = error else {
         return bridge::SpliceEnd {
             side,
             ok: true,
-            kind: 0,
+            kind: SpliceErrorKind::None,
             ssl_error: 0,
             errno_code: 0,
             syscall: "",
@@ -184,13 +206,13 @@ fn splice_end(side: Side, error: Option<SpliceError>) -> bridge::SpliceEnd {
         };
     };
     let (kind, ssl_error, errno_code, syscall) = match error {
-        SpliceError::Tls { ssl_error } => (KIND_TLS, ssl_error, 0, ""),
-        SpliceError::Truncated => (KIND_TRUNCATED, 0, 0, ""),
-        SpliceError::Fd { syscall, errno, .. } => (KIND_FD, 0, errno, syscall),
-        SpliceError::ShortPacketWrite { .. } => (KIND_FD, 0, libc::EMSGSIZE, "write"),
-        SpliceError::PacketTooLarge { .. } => (KIND_FD, 0, libc::EMSGSIZE, "recv"),
+        SpliceError::Tls { ssl_error } => (SpliceErrorKind::Tls, ssl_error, 0, ""),
+        SpliceError::Truncated => (SpliceErrorKind::Truncated, 0, 0, ""),
+        SpliceError::Fd { syscall, errno, .. } => (SpliceErrorKind::Fd, 0, errno, syscall),
+        SpliceError::ShortPacketWrite { .. } => (SpliceErrorKind::Fd, 0, libc::EMSGSIZE, "write"),
+        SpliceError::PacketTooLarge { .. } => (SpliceErrorKind::Fd, 0, libc::EMSGSIZE, "recv"),
         SpliceError::InvalidPacket { .. } | SpliceError::Framing(_) | SpliceError::PartialPacket { .. } => {
-            (KIND_FRAMING, 0, 0, "")
+            (SpliceErrorKind::Framing, 0, 0, "")
         }
     };
     bridge::SpliceEnd { side, ok: false, kind, ssl_error, errno_code, syscall, message: error.to_string() }
@@ -203,14 +225,14 @@ unsafe fn start_splice(
     options: &bridge::SpliceOptions,
 ) -> Box<NativeSplice> {
     let direction = match options.direction {
-        0 => Direction::In,
-        1 => Direction::Out,
+        SpliceDirection::In => Direction::In,
+        SpliceDirection::Out => Direction::Out,
         _ => Direction::Duplex,
     };
     let framing = match options.framing {
-        0 => Framing::Stream,
-        1 => Framing::Ip,
-        _ => Framing::Length16,
+        SpliceFraming::Ip => Framing::Ip,
+        SpliceFraming::Length16 => Framing::Length16,
+        _ => Framing::Stream,
     };
     let config = Config {
         fd: options.fd,

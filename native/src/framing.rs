@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-/// How the bytes on the TLS stream map to writes on the fd.
+/// Mapping of the bytes on the TLS stream to writes on the fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     Stream,
@@ -42,7 +42,7 @@ impl Packet {
     }
 }
 
-/// Why the bytes at a packet boundary cannot start a packet.
+/// Reason the bytes at a packet boundary cannot start a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FramingErrorKind {
     /// The IP version nibble is neither 4 nor 6.
@@ -137,11 +137,11 @@ impl Framing {
     }
 }
 
-/// Cuts `stream` into packets the way the pump does and panics if the
-/// parser breaks one of its invariants: a decision made on a prefix of a
-/// header never changes when more bytes arrive, packets are at least as
-/// long as their header and at most `MAX_PACKET`, and only IPv4 and IPv6
-/// headers are accepted. Shared by the unit tests and the fuzz target.
+/// Cuts `stream` into packets the way the pump does, and panics if the
+/// parser breaks an invariant. A decision made on a prefix of a header never
+/// changes when more bytes arrive. A packet is at least as long as its
+/// header and at most `MAX_PACKET`. Only IPv4 and IPv6 headers are accepted.
+/// The unit tests and the fuzz target share this check.
 pub fn check_stream_cutting(framing: Framing, stream: &[u8]) {
     let mut offset = 0;
     while offset < stream.len() {
@@ -231,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_short_ihl_is_rejected_from_the_first_byte() {
+    fn ipv4_short_ihl_is_rejected() {
         assert_eq!(Framing::Ip.parse(&[0x44]), Err(FramingErrorKind::BadHeaderLength(4)));
     }
 

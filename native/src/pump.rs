@@ -39,7 +39,7 @@ const READS_PER_CALLBACK: usize = 64;
 /// The fd polls writable in that state, so polling would spin.
 const NOBUFS_RETRY_MS: u64 = 1;
 
-/// Which side of the session a splice moves.
+/// Directions of the session that a splice moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// TLS -> fd.
@@ -92,7 +92,7 @@ pub struct Stats {
     pub packets_out: u64,
 }
 
-/// What the pump needs from the object that owns the TLS session.
+/// Services the pump needs from the object that owns the TLS session.
 pub trait Host {
     /// Writes what OpenSSL put into the write BIO to the transport.
     fn flush_encrypted(&mut self);
@@ -152,9 +152,9 @@ enum EncryptState {
 struct Encrypt {
     state: EncryptState,
     buf: Box<[u8]>,
-    /// `buf[written..pending]` was read from the fd but not yet accepted by
-    /// `SSL_write`; it holds `pending_payload` bytes and `pending_packets`
-    /// packets, not counting length prefixes.
+    /// End of the bytes read from the fd; `buf[written..pending]` is not yet
+    /// accepted by `SSL_write`. The bytes contain `pending_payload` bytes
+    /// of payload and `pending_packets` packets, length prefixes excluded.
     pending: usize,
     written: usize,
     pending_payload: usize,
@@ -189,7 +189,7 @@ enum Fill {
 
 /// Outcome of reading the fd.
 enum Read {
-    /// `pending` holds bytes to encrypt.
+    /// `Encrypt::pending` contains bytes to encrypt.
     Data,
     WouldBlock,
     Eof,
@@ -260,7 +260,7 @@ fn alloc_handle<T>() -> *mut T {
 impl Splice {
     /// Creates a splice and starts polling `config.fd` on `uv_loop`.
     ///
-    /// Cleartext that OpenSSL already holds is not read here: the host calls
+    /// Cleartext already buffered in OpenSSL is not read here: the host calls
     /// `on_tls_input` once the splice is in place.
     ///
     /// # Safety
