@@ -773,3 +773,11 @@ pub fn ignore_sigpipe() {
     // SAFETY: setting a signal disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
+
+/// Prints `line` to the process's standard error even while the test
+/// harness captures output, so that a skipped check is never silent.
+pub fn report_skip(line: &str) {
+    let text = format!("\n{line}\n");
+    // SAFETY: writing a live buffer to fd 2.
+    unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
+}
