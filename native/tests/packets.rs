@@ -18,6 +18,7 @@ fn plan(send: Vec<u8>, max_write: usize, seed: u64) -> PeerPlan {
         max_write,
         close_after_send: true,
         abort_after_send: false,
+        reset: false,
         timeout: TIMEOUT,
         seed,
         progress: None,
@@ -118,7 +119,7 @@ fn decrypt_packets(
 
 #[test]
 fn ip_packets_arrive_one_write_each() {
-    let packets = ip_packets(5000, 1);
+    let packets = ip_packets(10_000, 1);
     let stream = packets.concat();
     let (received, events, stats, _) =
         decrypt_packets(stream, Framing::Ip, libc::SOCK_SEQPACKET, packets.len(), 40_000);
@@ -153,6 +154,17 @@ fn length16_packets_include_empty_datagrams() {
     assert!(received == packets, "packets differ");
     assert_eq!(stats.packets_in, packets.len() as u64);
     assert_eq!(stats.bytes_in, packets.iter().map(Vec::len).sum::<usize>() as u64);
+}
+
+#[test]
+fn length16_packets_over_seqpacket() {
+    let packets = ip_packets(3000, 5);
+    let stream = length16_stream(&packets);
+    let (received, events, stats, _) =
+        decrypt_packets(stream, Framing::Length16, libc::SOCK_SEQPACKET, packets.len(), 20_000);
+    assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
+    assert!(received == packets, "packets differ");
+    assert_eq!(stats.packets_in, packets.len() as u64);
 }
 
 #[test]
@@ -303,4 +315,30 @@ fn stop_hands_back_what_the_fd_did_not_take() {
     let delivered = [in_pipe, given_back].concat();
     assert_eq!(&delivered[..], &data[..delivered.len()]);
     let _ = peer_thread.join();
+}
+
+#[test]
+fn peer_reset_ends_as_truncation() {
+    let data = random_bytes(64 * 1024, 18);
+    let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
+    let mut peer_plan = plan(data.clone(), 40_000, 18);
+    peer_plan.abort_after_send = true;
+    peer_plan.reset = true;
+    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, peer_plan));
+    let (read_end, write_end) = pipe();
+    let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 19));
+
+    let mut harness = Harness::new(host, host_sock);
+    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness.run_until_closed(TIMEOUT);
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::In, Err(SpliceError::Truncated)), Event::Closed]
+    );
+    drop(harness);
+    close(write_end);
+    peer_thread.join().unwrap();
+    // What arrived before the reset reached the fd, in order.
+    let received = reader.join().unwrap();
+    assert_eq!(&received[..], &data[..received.len()]);
 }

@@ -23,6 +23,7 @@ fn peer_plan(send: Vec<u8>, seed: u64) -> PeerPlan {
         max_write: 40_000,
         close_after_send: true,
         abort_after_send: false,
+        reset: false,
         timeout: TIMEOUT,
         seed,
         progress: None,

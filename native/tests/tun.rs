@@ -200,6 +200,7 @@ fn tun_device_carries_packets_both_ways() {
         max_write: 5000,
         close_after_send: false,
         abort_after_send: false,
+        reset: false,
         timeout: TIMEOUT,
         seed: 53,
         progress: None,

@@ -232,6 +232,8 @@ pub struct PeerPlan {
     pub close_after_send: bool,
     /// Close the TCP socket without close_notify after sending.
     pub abort_after_send: bool,
+    /// With `abort_after_send`: reset the connection (RST) instead of a FIN.
+    pub reset: bool,
     /// Give up after this long.
     pub timeout: Duration,
     pub seed: u64,
@@ -283,6 +285,21 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
                 // Flush what is queued, then close without close_notify.
                 sock.set_nonblocking(false).unwrap();
                 (&sock).write_all(&out[out_pos..]).unwrap();
+                if plan.reset {
+                    // Let the bytes leave before the RST discards the queue.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                    // SAFETY: setting SO_LINGER on our own socket.
+                    unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                }
                 drop(sock);
                 return PeerResult { received, got_close_notify, got_eof };
             }
@@ -593,7 +610,17 @@ impl Harness {
         self.splice.as_ref().is_some_and(|s| s.config().direction.has_in() && !s.is_closed())
     }
 
-    fn handle_tcp(&mut self, _status: i32, events: i32) {
+    fn handle_tcp(&mut self, status: i32, events: i32) {
+        if status < 0 {
+            // libuv reports a socket error (a reset) this way and stops the
+            // handle; a stream read would have returned ECONNRESET.
+            self.tcp_events = 0;
+            self.tcp_eof = true;
+            if self.spliced_in() {
+                self.splice.as_mut().unwrap().on_transport_eof();
+            }
+            return;
+        }
         if events & uv::uv_poll_event_UV_WRITABLE as i32 != 0 {
             self.flush_and_notify();
         }
