@@ -148,7 +148,7 @@ fn duplex_over_socketpair_with_small_buffers() {
 
 #[test]
 fn stalled_sink_bounds_memory_and_stops_the_transport() {
-    let data = random_bytes(48 << 20, 41);
+    let data = random_bytes(256 << 20, 41);
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
     // Fixed socket buffers turn off TCP autotuning, so the stall is quick.
     set_buffer_sizes(host_sock.as_raw_fd(), 64 * 1024);
