@@ -1,8 +1,9 @@
 //! A fixed-capacity byte ring for the decrypt direction.
 //!
 //! `SSL_read` writes into the free space at the tail, and the fd is written
-//! from the head with `writev`, so a packet that wraps around the end of the
-//! storage still goes out in one system call and no byte is ever moved.
+//! from the head with `writev` or `sendmsg`. A packet that wraps around the
+//! end of the storage still goes out in one system call, and no byte is
+//! ever moved.
 
 /// Fixed-capacity FIFO of bytes, allocated once.
 pub struct Ring {

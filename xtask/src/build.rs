@@ -14,8 +14,8 @@ use crate::fetch::hex;
 use crate::progress::{format_duration, run_ninja};
 use crate::{patches, tree, Options};
 
-/// Where the patch set's gyp file expects the library and its headers,
-/// relative to the tree. The folder is ignored by git (see the patch).
+/// Folder of the tree, named by the patch set's gyp file, that receives the
+/// library and its headers. The patch makes git ignore it.
 const NATIVE_OUT: &str = "deps/tls_splice/out";
 const LIBRARY_NAME: &str = "libtls_splice.a";
 
@@ -160,7 +160,7 @@ fn ccache_counts(sh: &Shell, layout: &Layout) -> Option<(u64, u64)> {
     Some((hits, misses))
 }
 
-/// The `configure` command line for the tree.
+/// Builds the `configure` command line for the tree.
 fn configure_args(layout: &Layout, state: &State) -> Vec<String> {
     let mut args: Vec<String> = [
         "--ninja",
@@ -311,9 +311,11 @@ fn install_if_changed(from: &Path, to: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// For an upstream tree with bundled OpenSSL: points `openssl-sys` at the
-/// tree's headers, so that the Rust side sees the same `SSL` definitions as
-/// `node`. The library itself is linked by node.gyp, not by cargo.
+/// Points `openssl-sys` at the headers of an upstream tree's bundled
+/// OpenSSL, so that Rust and `node` share one definition of `SSL`. node.gyp,
+/// not cargo, links the library itself.
+// NOTE: never run here, because no upstream tarball is reachable from the
+// package registries; only the registry-assembled tree was built.
 fn bundled_openssl_env<'a>(sh: &'a Shell, layout: &Layout) -> Result<Vec<xshell::PushEnv<'a>>> {
     let include = layout.work.join("bundled-openssl-include");
     let tree = &layout.tree;

@@ -7,7 +7,8 @@
 //!    compared with `xtask/tls-baseline.json`, recorded on the unpatched build.
 //!
 //! Tiers 2 and 3 need a complete build tree. Without one they do not run,
-//! and the command says so loudly; it never reports them as passed.
+//! and the command prints a loud line about it; it never reports them as
+//! passed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
