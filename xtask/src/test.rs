@@ -132,8 +132,8 @@ fn node_for_tests(layout: &Layout, opts: &Options, not_run: &mut Vec<String>) ->
     if !state.full_build_done || !binary.exists() {
         not_run.push(format!(
             "!!! TIERS 2 AND 3 DID NOT RUN: no complete Node.js build in {} \
-             (a first build takes about three hours on 2 cores; run \
-             `cargo xtask build-node`, then this command again) !!!",
+             (a first build takes about three hours on 2 cores, less with \
+             `--ccache-seed`; run `cargo xtask build-node`, then this command again) !!!",
             layout.tree.display()
         ));
         return Ok(None);
