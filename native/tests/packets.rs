@@ -72,7 +72,13 @@ fn length16_stream(packets: &[Vec<u8>]) -> Vec<u8> {
 fn receive_packets(fd: i32, count: usize) -> Vec<Vec<u8>> {
     let mut packets = Vec::new();
     let mut buf = vec![0u8; 70_000];
+    let mut rng = Rng::new(count as u64);
     while packets.len() < count {
+        // Short stalls fill the socket buffer, so the pump meets EAGAIN in
+        // the middle of the packet stream and must retry the same packet.
+        if rng.below(500) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // SAFETY: `buf` is writable.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
         assert!(n >= 0, "recv failed: {}", std::io::Error::last_os_error());
@@ -91,7 +97,7 @@ fn decrypt_packets(
     kind: i32,
     count: usize,
     max_write: usize,
-) -> (Vec<Vec<u8>>, Vec<Event>, tls_splice::Stats, Vec<u8>) {
+) -> (Vec<Vec<u8>>, Vec<Event>, tls_splice::Stats, Vec<u8>, usize) {
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
     let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan(stream, max_write, 11)));
     let (ours, theirs) = socketpair(kind);
@@ -103,6 +109,7 @@ fn decrypt_packets(
     let stats = harness.splice.as_ref().unwrap().stats();
     let events = harness.events();
     let given_back = harness.state.borrow().given_back.clone();
+    let blocked = harness.state.borrow().times_stopped_reading;
     drop(harness);
     peer_thread.join().unwrap();
     let received = if events.first() == Some(&Event::Ended(Side::In, Ok(()))) {
@@ -114,16 +121,17 @@ fn decrypt_packets(
         Vec::new()
     };
     close(ours);
-    (received, events, stats, given_back)
+    (received, events, stats, given_back, blocked)
 }
 
 #[test]
 fn ip_packets_arrive_one_write_each() {
     let packets = ip_packets(10_000, 1);
     let stream = packets.concat();
-    let (received, events, stats, _) =
+    let (received, events, stats, _, blocked) =
         decrypt_packets(stream, Framing::Ip, libc::SOCK_SEQPACKET, packets.len(), 40_000);
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
+    assert!(blocked > 0, "the socket never refused a packet; EAGAIN was not exercised");
     assert_eq!(received.len(), packets.len());
     assert!(received == packets, "packets differ");
     assert_eq!(stats.packets_in, packets.len() as u64);
@@ -135,7 +143,7 @@ fn ip_packets_split_into_tiny_records_reassemble() {
     // Records of 1 to 7 bytes: every packet header is split.
     let packets = ip_packets(150, 2);
     let stream = packets.concat();
-    let (received, events, stats, _) =
+    let (received, events, stats, _, _) =
         decrypt_packets(stream, Framing::Ip, libc::SOCK_SEQPACKET, packets.len(), 7);
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
     assert!(received == packets, "packets differ");
@@ -148,7 +156,7 @@ fn length16_packets_include_empty_datagrams() {
     packets[5] = Vec::new();
     packets[6] = vec![0x99; 3];
     let stream = length16_stream(&packets);
-    let (received, events, stats, _) =
+    let (received, events, stats, _, _) =
         decrypt_packets(stream, Framing::Length16, libc::SOCK_DGRAM, packets.len(), 3000);
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
     assert!(received == packets, "packets differ");
@@ -160,7 +168,7 @@ fn length16_packets_include_empty_datagrams() {
 fn length16_packets_over_seqpacket() {
     let packets = ip_packets(3000, 5);
     let stream = length16_stream(&packets);
-    let (received, events, stats, _) =
+    let (received, events, stats, _, _) =
         decrypt_packets(stream, Framing::Length16, libc::SOCK_SEQPACKET, packets.len(), 20_000);
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
     assert!(received == packets, "packets differ");
