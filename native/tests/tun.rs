@@ -2,12 +2,13 @@
 //! that the test creates. Needs root and /dev/net/tun; without them the
 //! test prints one line saying why and returns.
 //!
-//! The namespace holds one interface, `splice0`, with address 192.0.2.1/24
-//! (TEST-NET-1, RFC 5737). Packets that the pump writes to the TUN fd are
-//! UDP datagrams to 192.0.2.1:5555, where a socket in the namespace receives
-//! them. Datagrams that a socket in the namespace sends to 192.0.2.2:6666
-//! leave through the TUN device, and the pump reads them. No packet leaves
-//! the namespace.
+//! The namespace holds one interface, `splice0`, with the documentation
+//! addresses 192.0.2.1/24 (RFC 5737) and 2001:db8::1/64 (RFC 3849). Packets
+//! that the pump writes to the TUN fd are UDP datagrams to port 5555 of
+//! those addresses, where sockets in the namespace receive them. Datagrams
+//! that sockets in the namespace send to port 6666 of 192.0.2.2 and
+//! 2001:db8::2 leave through the TUN device, and the pump reads them. No
+//! packet leaves the namespace.
 
 mod common;
 
@@ -20,6 +21,8 @@ use tls_splice::{Direction, Framing};
 const TIMEOUT: Duration = Duration::from_secs(60);
 const LOCAL: [u8; 4] = [192, 0, 2, 1];
 const REMOTE: [u8; 4] = [192, 0, 2, 2];
+const LOCAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const REMOTE6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const LOCAL_PORT: u16 = 5555;
 const REMOTE_PORT: u16 = 6666;
 
@@ -30,10 +33,30 @@ struct Namespace {
     receiver: RawFd,
     /// UDP socket connected to REMOTE:REMOTE_PORT.
     sender: RawFd,
+    /// The same two over IPv6.
+    receiver6: RawFd,
+    sender6: RawFd,
 }
 
 fn os_error(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn sockaddr6(addr: [u8; 16], port: u16) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain data.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as u16;
+    sa.sin6_port = port.to_be();
+    sa.sin6_addr.s6_addr = addr;
+    sa
+}
+
+/// `struct in6_ifreq` from linux/ipv6.h, which the libc crate lacks.
+#[repr(C)]
+struct In6Ifreq {
+    addr: libc::in6_addr,
+    prefix_len: u32,
+    ifindex: libc::c_int,
 }
 
 fn sockaddr(addr: [u8; 4], port: u16) -> libc::sockaddr_in {
@@ -45,8 +68,10 @@ fn sockaddr(addr: [u8; 4], port: u16) -> libc::sockaddr_in {
     sa
 }
 
-/// Creates the namespace, the TUN device and the two UDP sockets. Runs on
-/// a thread of its own, because `unshare` moves only the calling thread.
+/// Creates the namespace, the TUN device and the UDP sockets. Runs on a
+/// thread of its own, because `unshare` moves only the calling thread.
+/// Returns an error, the reason to skip, only when the machine has no
+/// namespaces or no TUN device for us; any later failure panics.
 fn create_namespace() -> Result<Namespace, String> {
     std::thread::spawn(|| -> Result<Namespace, String> {
         // SAFETY: plain system calls on descriptors this thread creates;
@@ -59,13 +84,14 @@ fn create_namespace() -> Result<Namespace, String> {
             if tun < 0 {
                 return Err(os_error("open /dev/net/tun"));
             }
+            let setup = |result: Result<(), String>| result.unwrap_or_else(|err| panic!("{err}"));
             let mut ifr: libc::ifreq = std::mem::zeroed();
             for (dst, src) in ifr.ifr_name.iter_mut().zip(b"splice0\0") {
                 *dst = *src as libc::c_char;
             }
             ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
             if libc::ioctl(tun, libc::TUNSETIFF, &mut ifr) != 0 {
-                return Err(os_error("ioctl TUNSETIFF"));
+                setup(Err(os_error("ioctl TUNSETIFF")));
             }
             let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let address = sockaddr(LOCAL, 0);
@@ -75,7 +101,7 @@ fn create_namespace() -> Result<Namespace, String> {
                 std::mem::size_of::<libc::sockaddr_in>(),
             );
             if libc::ioctl(control, libc::SIOCSIFADDR, &mut ifr) != 0 {
-                return Err(os_error("ioctl SIOCSIFADDR"));
+                setup(Err(os_error("ioctl SIOCSIFADDR")));
             }
             let mask = sockaddr([255, 255, 255, 0], 0);
             std::ptr::copy_nonoverlapping(
@@ -84,39 +110,110 @@ fn create_namespace() -> Result<Namespace, String> {
                 std::mem::size_of::<libc::sockaddr_in>(),
             );
             if libc::ioctl(control, libc::SIOCSIFNETMASK, &mut ifr) != 0 {
-                return Err(os_error("ioctl SIOCSIFNETMASK"));
+                setup(Err(os_error("ioctl SIOCSIFNETMASK")));
             }
             ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
             if libc::ioctl(control, libc::SIOCSIFFLAGS, &mut ifr) != 0 {
-                return Err(os_error("ioctl SIOCSIFFLAGS"));
+                setup(Err(os_error("ioctl SIOCSIFFLAGS")));
             }
             libc::close(control);
+
+            // Duplicate address detection would keep the IPv6 address
+            // tentative, and unusable, for about a second.
+            let sysctl = "/proc/sys/net/ipv6/conf/splice0/accept_dad";
+            setup(std::fs::write(sysctl, "0").map_err(|err| format!("write {sysctl}: {err}")));
+            let control6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            let request = In6Ifreq {
+                addr: libc::in6_addr { s6_addr: LOCAL6 },
+                prefix_len: 64,
+                ifindex: libc::if_nametoindex(c"splice0".as_ptr()) as libc::c_int,
+            };
+            if libc::ioctl(control6, libc::SIOCSIFADDR, &request) != 0 {
+                setup(Err(os_error("ioctl SIOCSIFADDR (IPv6)")));
+            }
+            libc::close(control6);
 
             let receiver = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let size: libc::c_int = 8 << 20;
             libc::setsockopt(receiver, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), 4);
             let bind_to = sockaddr(LOCAL, LOCAL_PORT);
             if libc::bind(receiver, (&bind_to as *const libc::sockaddr_in).cast(), 16) != 0 {
-                return Err(os_error("bind"));
+                setup(Err(os_error("bind")));
             }
             let sender = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let connect_to = sockaddr(REMOTE, REMOTE_PORT);
             if libc::connect(sender, (&connect_to as *const libc::sockaddr_in).cast(), 16) != 0 {
-                return Err(os_error("connect"));
+                setup(Err(os_error("connect")));
             }
-            Ok(Namespace { tun, receiver, sender })
+            let receiver6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            libc::setsockopt(receiver6, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), 4);
+            let bind_to6 = sockaddr6(LOCAL6, LOCAL_PORT);
+            // The kernel may take a moment to make a new IPv6 address usable.
+            let mut attempts = 0;
+            while libc::bind(receiver6, (&bind_to6 as *const libc::sockaddr_in6).cast(), 28) != 0 {
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                if errno != Some(libc::EADDRNOTAVAIL) || attempts == 200 {
+                    setup(Err(os_error("bind (IPv6)")));
+                }
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let sender6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            let connect_to6 = sockaddr6(REMOTE6, REMOTE_PORT);
+            if libc::connect(sender6, (&connect_to6 as *const libc::sockaddr_in6).cast(), 28) != 0 {
+                setup(Err(os_error("connect (IPv6)")));
+            }
+            Ok(Namespace { tun, receiver, sender, receiver6, sender6 })
         }
     })
     .join()
     .unwrap()
 }
 
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+/// Internet checksum (RFC 1071) over the concatenation of `parts`, each of
+/// even length except possibly the last.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        for word in part.chunks(2) {
+            let high = u32::from(word[0]) << 8;
+            let low = word.get(1).map_or(0, |&b| u32::from(b));
+            sum += high | low;
+        }
+    }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// An IPv6 UDP packet from REMOTE6 to LOCAL6 carrying `payload`, with the
+/// UDP checksum that IPv6 requires (RFC 8200, section 8.1).
+fn udp6_packet(payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut packet = vec![0u8; 40 + udp_len];
+    packet[0] = 0x60;
+    packet[1] = 0x20; // traffic class bits
+    packet[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    packet[6] = libc::IPPROTO_UDP as u8;
+    packet[7] = 64;
+    packet[8..24].copy_from_slice(&REMOTE6);
+    packet[24..40].copy_from_slice(&LOCAL6);
+    packet[40..42].copy_from_slice(&REMOTE_PORT.to_be_bytes());
+    packet[42..44].copy_from_slice(&LOCAL_PORT.to_be_bytes());
+    packet[44..46].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    packet[48..].copy_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&REMOTE6);
+    pseudo.extend_from_slice(&LOCAL6);
+    pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_UDP as u8]);
+    let sum = match checksum(&[&pseudo, &packet[40..]]) {
+        0 => 0xffff,
+        sum => sum,
+    };
+    packet[46..48].copy_from_slice(&sum.to_be_bytes());
+    packet
 }
 
 /// An IPv4 UDP packet from REMOTE to LOCAL carrying `payload`, with a valid
@@ -132,7 +229,7 @@ fn udp_packet(payload: &[u8], id: u16) -> Vec<u8> {
     packet[9] = libc::IPPROTO_UDP as u8;
     packet[12..16].copy_from_slice(&REMOTE);
     packet[16..20].copy_from_slice(&LOCAL);
-    let sum = checksum(&packet[..20]);
+    let sum = checksum(&[&packet[..20]]);
     packet[10..12].copy_from_slice(&sum.to_be_bytes());
     packet[20..22].copy_from_slice(&REMOTE_PORT.to_be_bytes());
     packet[22..24].copy_from_slice(&LOCAL_PORT.to_be_bytes());
@@ -162,11 +259,14 @@ fn udp_payloads_in_stream(stream: &[u8]) -> Vec<Vec<u8>> {
         let rest = &stream[offset..];
         let packet = Framing::Ip.parse(rest).expect("valid IP stream").expect("whole packet");
         let bytes = &rest[..packet.len];
-        let is_udp_to_remote = bytes[0] >> 4 == 4
-            && bytes[9] == libc::IPPROTO_UDP as u8
-            && u16::from_be_bytes([bytes[22], bytes[23]]) == REMOTE_PORT;
+        let (header, protocol) = match bytes[0] >> 4 {
+            4 => (usize::from(bytes[0] & 0x0f) * 4, bytes[9]),
+            _ => (40, bytes[6]),
+        };
+        let is_udp_to_remote = protocol == libc::IPPROTO_UDP as u8
+            && bytes.len() >= header + 8
+            && u16::from_be_bytes([bytes[header + 2], bytes[header + 3]]) == REMOTE_PORT;
         if is_udp_to_remote {
-            let header = usize::from(bytes[0] & 0x0f) * 4;
             found.push(bytes[header + 8..].to_vec());
         }
         offset += packet.len;
@@ -186,12 +286,13 @@ fn tun_device_carries_packets_both_ways() {
             return;
         }
     };
+    // Even packets are IPv4, odd ones IPv6, in both directions.
     let to_tun = payloads(2000, 51);
     let from_tun = payloads(2000, 52);
     let stream: Vec<u8> = to_tun
         .iter()
         .enumerate()
-        .flat_map(|(i, payload)| udp_packet(payload, i as u16))
+        .flat_map(|(i, payload)| if i % 2 == 0 { udp_packet(payload, i as u16) } else { udp6_packet(payload) })
         .collect();
 
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
@@ -207,19 +308,33 @@ fn tun_device_carries_packets_both_ways() {
     };
     let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
 
-    let receiver = namespace.receiver;
-    let expected_count = to_tun.len();
-    let receiver_thread = std::thread::spawn(move || {
-        let mut received = Vec::new();
-        let mut buf = vec![0u8; 2000];
-        while received.len() < expected_count {
-            // SAFETY: `buf` is writable.
-            let n = unsafe { libc::recv(receiver, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            assert!(n >= 0, "recv failed: {}", std::io::Error::last_os_error());
-            received.push(buf[..n as usize].to_vec());
-        }
-        received
-    });
+    let receive = |fd: RawFd, count: usize| {
+        // A datagram the kernel dropped fails the test instead of hanging it.
+        let timeout = libc::timeval { tv_sec: 20, tv_usec: 0 };
+        // SAFETY: setting SO_RCVTIMEO on our own socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut buf = vec![0u8; 2000];
+            while received.len() < count {
+                // SAFETY: `buf` is writable.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                assert!(n >= 0, "recv failed: {}", std::io::Error::last_os_error());
+                received.push(buf[..n as usize].to_vec());
+            }
+            received
+        })
+    };
+    let receiver4 = receive(namespace.receiver, to_tun.len().div_ceil(2));
+    let receiver6 = receive(namespace.receiver6, to_tun.len() / 2);
 
     let mut harness = Harness::new(host, host_sock);
     harness.start(namespace.tun, Direction::Duplex, Framing::Ip, 64 * 1024, false).unwrap();
@@ -227,7 +342,8 @@ fn tun_device_carries_packets_both_ways() {
     // the sender waits for the pump after every 100 datagrams.
     for (i, payload) in from_tun.iter().enumerate() {
         // SAFETY: sending from a readable slice.
-        let n = unsafe { libc::send(namespace.sender, payload.as_ptr().cast(), payload.len(), 0) };
+        let sender = if i % 2 == 0 { namespace.sender } else { namespace.sender6 };
+        let n = unsafe { libc::send(sender, payload.as_ptr().cast(), payload.len(), 0) };
         assert_eq!(n as usize, payload.len(), "{}", std::io::Error::last_os_error());
         let sent = i as u64 + 1;
         if sent % 100 == 0 {
@@ -246,14 +362,18 @@ fn tun_device_carries_packets_both_ways() {
     assert_eq!(harness.events(), vec![Event::Closed]);
     drop(harness);
 
-    let received = receiver_thread.join().unwrap();
     assert_eq!(stats.packets_in, wanted_in);
-    assert!(received == to_tun, "datagrams from the TUN device differ");
+    let received4 = receiver4.join().unwrap();
+    let received6 = receiver6.join().unwrap();
+    let expected4: Vec<Vec<u8>> = to_tun.iter().step_by(2).cloned().collect();
+    let expected6: Vec<Vec<u8>> = to_tun.iter().skip(1).step_by(2).cloned().collect();
+    assert!(received4 == expected4, "IPv4 datagrams from the TUN device differ");
+    assert!(received6 == expected6, "IPv6 datagrams from the TUN device differ");
     let result = peer_thread.join().unwrap();
     let sent_through = udp_payloads_in_stream(&result.received);
     assert_eq!(sent_through.len(), from_tun.len());
     assert!(sent_through == from_tun, "packets read from the TUN device differ");
-    for fd in [namespace.tun, namespace.receiver, namespace.sender] {
+    for fd in [namespace.tun, namespace.receiver, namespace.sender, namespace.receiver6, namespace.sender6] {
         close(fd);
     }
 }
