@@ -292,7 +292,7 @@ fn regular_file_cannot_be_polled() {
 }
 
 #[test]
-fn stop_hands_back_what_the_fd_did_not_take() {
+fn stop_gives_back_unwritten_bytes() {
     let data = random_bytes(4 << 20, 16);
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
     let mut peer_plan = plan(data.clone(), 40_000, 16);
@@ -316,7 +316,7 @@ fn stop_hands_back_what_the_fd_did_not_take() {
     drop(harness);
     close(write_end);
 
-    // The pipe holds the first bytes, the host got the next ones, in order.
+    // The pipe contains the first bytes, and the host got the next ones, in order.
     let in_pipe = read_all_with_stalls(read_end, usize::MAX, 17);
     close(read_end);
     assert_eq!(in_pipe.len() as u64, stats.bytes_in);

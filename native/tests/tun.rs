@@ -2,7 +2,7 @@
 //! that the test creates. Needs root and /dev/net/tun; without them the
 //! test prints one line saying why and returns.
 //!
-//! The namespace holds one interface, `splice0`, with the documentation
+//! The namespace has one interface, `splice0`, with the documentation
 //! addresses 192.0.2.1/24 (RFC 5737) and 2001:db8::1/64 (RFC 3849). Packets
 //! that the pump writes to the TUN fd are UDP datagrams to port 5555 of
 //! those addresses, where sockets in the namespace receive them. Datagrams
@@ -187,7 +187,7 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv6 UDP packet from REMOTE6 to LOCAL6 carrying `payload`, with the
+/// Builds an IPv6 UDP packet from REMOTE6 to LOCAL6 carrying `payload`, with the
 /// UDP checksum that IPv6 requires (RFC 8200, section 8.1).
 fn udp6_packet(payload: &[u8]) -> Vec<u8> {
     let udp_len = 8 + payload.len();
@@ -216,7 +216,7 @@ fn udp6_packet(payload: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// An IPv4 UDP packet from REMOTE to LOCAL carrying `payload`, with a valid
+/// Builds an IPv4 UDP packet from REMOTE to LOCAL carrying `payload`, with a valid
 /// header checksum and no UDP checksum (allowed for IPv4, RFC 768).
 fn udp_packet(payload: &[u8], id: u16) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
@@ -338,7 +338,7 @@ fn tun_device_carries_packets_both_ways() {
 
     let mut harness = Harness::new(host, host_sock);
     harness.start(namespace.tun, Direction::Duplex, Framing::Ip, 64 * 1024, false).unwrap();
-    // The TUN queue holds 500 packets (txqueuelen) and drops the rest, so
+    // The TUN queue takes 500 packets (txqueuelen) and drops the rest, so
     // the sender waits for the pump after every 100 datagrams.
     for (i, payload) in from_tun.iter().enumerate() {
         // SAFETY: sending from a readable slice.

@@ -15,7 +15,7 @@ pub const CACHE_ENV: &str = "TLS_SPLICE_CACHE_DIR";
 /// Paths inside the cache folder. The folder is stable across clones of the
 /// repository, so CI and later sessions on the same machine reuse the build.
 pub struct Layout {
-    /// The repository root (the workspace that holds `xtask/`).
+    /// The repository root (the workspace that contains `xtask/`).
     pub repo: PathBuf,
     pub root: PathBuf,
     pub downloads: PathBuf,
@@ -29,8 +29,8 @@ pub struct Layout {
     /// The Node.js tree: a git repository whose `base` tag is the pristine
     /// source, with the patches applied as commits on top.
     pub tree: PathBuf,
-    /// A linked git worktree where `git am` runs, so that the build tree only
-    /// sees the files whose content changed.
+    /// A linked git worktree where `git am` runs, so that only the files whose
+    /// content changed are rewritten in the build tree.
     pub am_worktree: PathBuf,
     pub ccache: PathBuf,
     /// Cargo target folder for the static library linked into `node`.
@@ -69,7 +69,7 @@ impl Layout {
         })
     }
 
-    /// The `node` binary that ninja produces in the build tree.
+    /// Returns the path of the `node` binary that ninja produces in the build tree.
     pub fn node_binary(&self) -> PathBuf {
         self.tree.join("out/Release/node")
     }
@@ -124,10 +124,10 @@ fn default_cache_root() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".cache/node-tls-splice"))
 }
 
-/// What the previous runs produced, so that unchanged steps are skipped.
+/// Record of what the previous runs produced, so that unchanged steps are skipped.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct State {
-    /// How the tree was obtained: `registries`, `tarball:SHA256` or `dir:PATH`.
+    /// Origin of the tree: `registries`, `tarball:SHA256` or `dir:PATH`.
     pub tree_source: Option<String>,
     /// Whether the tree bundles its dependencies (upstream tarball or tree).
     pub bundled_deps: bool,

@@ -110,7 +110,7 @@ fn verify(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-/// Returns true when `path` already holds the pinned content.
+/// Returns true when `path` already has the pinned content.
 fn already_verified(path: &Path, expected: &str) -> bool {
     path.is_file() && sha256_file(path).map(|h| h == expected).unwrap_or(false)
 }
@@ -183,7 +183,7 @@ fn download_debian(sh: &Shell, layout: &Layout, source: &DebianSource) -> Result
     eprintln!("fetch-node: downloading {} ({}) with apt-get source", source.file, describe_size(source.size));
     let _dir = sh.push_dir(&dest_dir);
     // Only the .orig tarball is served; the .dsc and the Debian tarball
-    // answer 404, so apt-get exits non-zero although the tarball arrived.
+    // return 404, so apt-get exits non-zero although the tarball arrived.
     // The file and its hash decide.
     let output = cmd!(sh, "apt-get -q {apt_opts_ref...} source --download-only {spec}")
         .quiet()

@@ -138,7 +138,7 @@ impl Endpoint {
         assert_eq!(n as usize, data.len());
     }
 
-    /// Marks the read BIO as ended, so that OpenSSL sees EOF.
+    /// Marks the read BIO as ended, so that `SSL_read` reports EOF.
     pub fn set_eof(&self) {
         // SAFETY: BIO_CTRL_SET_MEM_EOF_RETURN sets what an empty BIO returns;
         // 0 means EOF.
@@ -170,8 +170,8 @@ fn handshake(endpoint: &Endpoint, sock: &mut TcpStream) {
     }
 }
 
-/// A connected pair: the host side (memory-BIO session driven by the pump's
-/// host) and the peer side, both with handshakes done.
+/// Connects a pair: the host side (a memory-BIO session driven by the
+/// pump's host) and the peer side, both with handshakes done.
 pub fn connect(cipher: Cipher) -> (Endpoint, TcpStream, Endpoint, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -547,7 +547,8 @@ impl Harness {
             tcp_eof: false,
             observer: None,
         });
-        assert!(std::mem::size_of::<uv::uv_poll_t>() <= 256 && std::mem::size_of::<uv::uv_timer_t>() <= 256);
+        assert!(std::mem::size_of::<uv::uv_poll_t>() <= 256);
+        assert!(std::mem::size_of::<uv::uv_timer_t>() <= 256);
         let data = &mut *harness as *mut Harness as *mut libc::c_void;
         // SAFETY: storage of 256 zeroed bytes is large enough (asserted).
         unsafe {
@@ -646,7 +647,7 @@ impl Harness {
     }
 
     /// Flushes the write BIO to TCP and, like TLSWrap's
-    /// `OnStreamAfterWrite`, tells the pump when TCP accepted bytes.
+    /// `OnStreamAfterWrite`, notifies the pump when TCP accepted bytes.
     fn flush_and_notify(&mut self) {
         let before = self.state.borrow().backlog();
         self.state.borrow_mut().flush();
@@ -735,7 +736,7 @@ impl Drop for Harness {
     }
 }
 
-/// A pipe with both ends as raw fds.
+/// Creates a pipe and returns its (read, write) ends.
 pub fn pipe() -> (RawFd, RawFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
@@ -743,7 +744,7 @@ pub fn pipe() -> (RawFd, RawFd) {
     (fds[0], fds[1])
 }
 
-/// A socketpair of the given type.
+/// Creates a Unix socketpair of the given type.
 pub fn socketpair(kind: i32) -> (RawFd, RawFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
