@@ -213,6 +213,8 @@ pub struct Splice {
     /// File status flags of the fd before the splice, restored at the end.
     saved_flags: i32,
     fd_is_socket: bool,
+    /// Packet writes retried after ENOBUFS or ENOSPC, for traces and tests.
+    nobufs_retries: u64,
     released: bool,
     closed: bool,
 }
@@ -315,6 +317,7 @@ impl Splice {
             polled_events: 0,
             saved_flags,
             fd_is_socket: socket_type(fd).is_some(),
+            nobufs_retries: 0,
             released: false,
             closed: false,
         });
@@ -383,6 +386,11 @@ impl Splice {
             self.polled_events,
             self.released
         )
+    }
+
+    /// Returns how many packet writes were retried after ENOBUFS or ENOSPC.
+    pub fn nobufs_retries(&self) -> u64 {
+        self.nobufs_retries
     }
 
     /// Whether the pump wants the transport read. A host that starts
@@ -657,6 +665,7 @@ impl Splice {
             self.host.set_transport_reading(false);
         }
         if why == Blocked::Buffers {
+            self.nobufs_retries += 1;
             // SAFETY: the timer is open until release_fd.
             unsafe { uv::uv_timer_start(self.timer, Some(on_timer), NOBUFS_RETRY_MS, 0) };
         }

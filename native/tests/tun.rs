@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use common::*;
-use tls_splice::{Direction, Framing};
+use tls_splice::{Direction, Framing, Side};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const LOCAL: [u8; 4] = [192, 0, 2, 1];
@@ -376,4 +376,131 @@ fn tun_device_carries_packets_both_ways() {
     for fd in [namespace.tun, namespace.receiver, namespace.sender, namespace.receiver6, namespace.sender6] {
         close(fd);
     }
+}
+
+/// Creates a namespace with a TUN device behind a token-bucket qdisc that
+/// drops what exceeds its small queue, and an AF_PACKET socket that sends
+/// through it. A send that the qdisc drops fails with ENOBUFS
+/// (`net_xmit_errno` in the packet socket's send path), which is the error a
+/// busy device gives a packet writer.
+fn create_rate_limited_device() -> Result<(RawFd, RawFd), String> {
+    std::thread::spawn(|| -> Result<(RawFd, RawFd), String> {
+        // SAFETY: plain system calls on descriptors this thread creates;
+        // the ifreq and sockaddr_ll structures are zeroed plain data.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(os_error("unshare(CLONE_NEWNET)"));
+            }
+            let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if tun < 0 {
+                return Err(os_error("open /dev/net/tun"));
+            }
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (dst, src) in ifr.ifr_name.iter_mut().zip(b"splice1\0") {
+                *dst = *src as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+            assert_eq!(libc::ioctl(tun, libc::TUNSETIFF, &mut ifr), 0, "{}", os_error("TUNSETIFF"));
+            let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            assert_eq!(libc::ioctl(control, libc::SIOCSIFFLAGS, &mut ifr), 0, "{}", os_error("SIOCSIFFLAGS"));
+            libc::close(control);
+
+            // A child process forked from this thread shares its namespace.
+            let status = std::process::Command::new("tc")
+                .args(["qdisc", "add", "dev", "splice1", "root", "tbf", "rate", "2mbit", "burst", "3000", "limit", "3000"])
+                .status()
+                .map_err(|err| format!("cannot run tc (iproute2): {err}"))?;
+            assert!(status.success(), "tc qdisc add failed");
+
+            let packet = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, (libc::ETH_P_IP as u16).to_be() as i32);
+            assert!(packet >= 0, "{}", os_error("socket(AF_PACKET)"));
+            let mut address: libc::sockaddr_ll = std::mem::zeroed();
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+            address.sll_ifindex = libc::if_nametoindex(c"splice1".as_ptr()) as i32;
+            let rc = libc::bind(
+                packet,
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "{}", os_error("bind(AF_PACKET)"));
+            Ok((tun, packet))
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn enobufs_from_a_busy_device_loses_no_packet() {
+    let (tun, packet_socket) = match create_rate_limited_device() {
+        Ok(fds) => fds,
+        Err(reason) => {
+            report_skip(&format!(
+                "SKIPPED enobufs_from_a_busy_device_loses_no_packet: cannot set up a rate-limited \
+                 TUN device ({reason}); it needs root, /dev/net/tun and tc"
+            ));
+            return;
+        }
+    };
+    let packets: Vec<Vec<u8>> = payloads(300, 61)
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| udp_packet(payload, i as u16))
+        .collect();
+    let stream = packets.concat();
+
+    // The packets leave the device through the TUN fd, where this thread
+    // collects the IPv4 ones.
+    let expected = packets.len();
+    let reader = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 2000];
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while received.len() < expected && std::time::Instant::now() < deadline {
+            let mut pfd = libc::pollfd { fd: tun, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; `buf` is writable.
+            unsafe {
+                if libc::poll(&mut pfd, 1, 100) > 0 {
+                    let n = libc::read(tun, buf.as_mut_ptr().cast(), buf.len());
+                    // The kernel sends its own IPv6 packets (MLD reports,
+                    // router solicitations) through the device too.
+                    if n > 0 && buf[0] >> 4 == 4 {
+                        received.push(buf[..n as usize].to_vec());
+                    }
+                }
+            }
+        }
+        received
+    });
+
+    let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
+    let plan = PeerPlan {
+        send: stream,
+        max_write: 16_000,
+        close_after_send: true,
+        abort_after_send: false,
+        reset: false,
+        timeout: TIMEOUT,
+        seed: 62,
+        progress: None,
+    };
+    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
+    let mut harness = Harness::new(host, host_sock);
+    harness.start(packet_socket, Direction::In, Framing::Ip, 64 * 1024, false).unwrap();
+    harness.run_until_closed(TIMEOUT);
+    assert_eq!(harness.events(), vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
+    let retries = harness.splice.as_ref().unwrap().nobufs_retries();
+    drop(harness);
+    peer_thread.join().unwrap();
+
+    let received = reader.join().unwrap();
+    assert!(retries > 0, "the device never answered ENOBUFS; the retry path was not exercised");
+    assert_eq!(received.len(), packets.len(), "packets were lost");
+    for (i, (got, want)) in received.iter().zip(&packets).enumerate() {
+        assert!(got == want, "packet {i} differs: got {} bytes {:02x?}, expected {} bytes {:02x?}", got.len(), &got[..got.len().min(32)], want.len(), &want[..want.len().min(32)]);
+    }
+    close(tun);
+    close(packet_socket);
 }
