@@ -5,11 +5,11 @@ use std::os::fd::RawFd;
 
 use crate::framing::FramingError;
 
-/// Why a splice direction ended with an error.
+/// Error that ended a splice direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpliceError {
-    /// OpenSSL reported a fatal error. `ssl_error` is the
-    /// `SSL_get_error()` code; the error queue is left untouched so that
+    /// OpenSSL reported a fatal error, and `ssl_error` is the
+    /// `SSL_get_error()` code. The pump leaves the error queue untouched, so
     /// the host can build the same error object it builds for JS reads.
     Tls { ssl_error: i32 },
     /// The transport ended without a TLS `close_notify` alert, so the peer
@@ -38,7 +38,7 @@ impl SpliceError {
         SpliceError::Fd { syscall, errno, fd }
     }
 
-    /// The symbolic errno name (`EPIPE`) of an fd error.
+    /// Returns the symbolic name (`EPIPE`) of an errno value.
     pub fn errno_name(errno: i32) -> &'static str {
         match errno {
             libc::EPIPE => "EPIPE",

@@ -5,7 +5,7 @@
 //! - Decrypt direction (`in`, TLS -> fd). The host writes ciphertext into
 //!   OpenSSL's read BIO and calls `on_tls_input`. The pump decrypts with
 //!   `SSL_read` into its ring and writes the ring to the fd. When the fd
-//!   blocks, the pump keeps what it decrypted, asks the host to stop reading
+//!   blocks, the pump keeps what it decrypted, requests that the host stop reading
 //!   the transport, and stops calling `SSL_read`, so the rest of the
 //!   ciphertext stays in the BIO and the peer's TCP window closes.
 //! - Encrypt direction (`out`, fd -> TLS). When the fd is readable the pump
@@ -103,13 +103,15 @@ pub trait Host {
     fn set_transport_reading(&mut self, reading: bool);
     /// Sends `close_notify`, flushes, and half-closes the transport.
     fn shutdown_tls(&mut self);
-    /// Reports that a direction ended, cleanly or with an error. Called at
-    /// most once per spliced direction.
+    /// Reports that a direction ended, cleanly or with an error. The pump
+    /// calls it at most once per spliced direction (the `done` and `Done`
+    /// states guard it).
     fn direction_ended(&mut self, side: Side, result: Result<(), SpliceError>);
     /// Returns decrypted bytes that were not written to the fd, in order,
     /// so that the host can deliver them to its own reader.
     fn give_back(&mut self, first: &[u8], second: &[u8]);
-    /// The fd is no longer polled (and closed with `auto_close`). Last call.
+    /// Reports that the fd is no longer polled (and is closed with
+    /// `auto_close`). This is the last call.
     fn closed(&mut self);
 }
 
@@ -356,7 +358,7 @@ impl Splice {
         &self.config
     }
 
-    /// Whether the fd was released and `Host::closed` was called.
+    /// Returns whether the fd was released and `Host::closed` was called.
     pub fn is_closed(&self) -> bool {
         self.closed
     }
@@ -393,7 +395,7 @@ impl Splice {
         self.nobufs_retries
     }
 
-    /// Whether the pump wants the transport read. A host that starts
+    /// Returns whether the pump wants the transport read. A host that starts
     /// reading for its own reasons checks this first.
     pub fn wants_transport_reading(&self) -> bool {
         self.decrypt.as_ref().map_or(true, |d| !d.transport_stopped)
@@ -412,7 +414,7 @@ impl Splice {
         self.update_poll();
     }
 
-    /// The transport ended (EOF or reset). What the read BIO holds is still
+    /// The transport ended (EOF or reset). What the read BIO contains is still
     /// decrypted and written out; without `close_notify` the decrypt
     /// direction then ends with `SpliceError::Truncated`.
     pub fn on_transport_eof(&mut self) {
@@ -423,7 +425,8 @@ impl Splice {
         self.update_poll();
     }
 
-    /// The transport accepted queued encrypted bytes.
+    /// Notes that the transport accepted queued encrypted bytes, and resumes
+    /// polling the fd when the backlog fell below the high-water mark.
     pub fn on_encrypted_drained(&mut self) {
         let backlog = self.host.encrypted_backlog();
         let Some(e) = &mut self.encrypt else { return };
@@ -682,7 +685,7 @@ impl Splice {
         }
         if self.config.end {
             // SAFETY: shutdown on the caller's fd. Pipes and character
-            // devices answer ENOTSOCK: they have no half-close.
+            // devices return ENOTSOCK because they have no half-close.
             let rc = unsafe { libc::shutdown(self.config.fd, libc::SHUT_WR) };
             if rc != 0 {
                 let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -734,7 +737,7 @@ impl Splice {
 
     /// Moves fd input to `SSL_write` until the fd has nothing more, the
     /// backlog reaches the high-water mark, or the callback's read budget is
-    /// spent. `flush` asks the host to flush at the end; the host's own
+    /// spent. `flush` requests a host flush at the end; the host's own
     /// cycle flushes otherwise.
     fn run_encrypt(&mut self, flush: bool) {
         let mut reads = 0;

@@ -17,26 +17,13 @@ use tls_splice::{Direction, Framing, Side};
 const TIMEOUT: Duration = Duration::from_secs(60);
 const HWM: usize = 64 * 1024;
 
-fn peer_plan(send: Vec<u8>, seed: u64) -> PeerPlan {
-    PeerPlan {
-        send,
-        max_write: 40_000,
-        close_after_send: true,
-        abort_after_send: false,
-        reset: false,
-        timeout: TIMEOUT,
-        seed,
-        progress: None,
-    }
-}
-
 #[test]
 fn decrypt_to_pipe_is_byte_identical() {
     for (i, cipher) in ALL_CIPHERS.into_iter().enumerate() {
         let data = random_bytes(3 << 20, 10 + i as u64);
         let (host, host_sock, peer, peer_sock) = connect(cipher);
         let peer_data = data.clone();
-        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, peer_plan(peer_data, 1)));
+        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 1)));
         let (read_end, write_end) = pipe();
         let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 2));
 
@@ -62,7 +49,7 @@ fn encrypt_from_pipe_is_byte_identical() {
     for (i, cipher) in ALL_CIPHERS.into_iter().enumerate() {
         let data = random_bytes(3 << 20, 20 + i as u64);
         let (host, host_sock, peer, peer_sock) = connect(cipher);
-        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, peer_plan(Vec::new(), 3)));
+        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(Vec::new(), 40_000, 3)));
         let (read_end, write_end) = pipe();
         let source = data.clone();
         let writer = std::thread::spawn(move || {
@@ -105,7 +92,7 @@ fn duplex_over_socketpair_with_small_buffers() {
     set_buffer_sizes(host_sock.as_raw_fd(), 8 * 1024);
     set_buffer_sizes(peer_sock.as_raw_fd(), 8 * 1024);
     let peer_data = to_fd.clone();
-    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, peer_plan(peer_data, 5)));
+    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 5)));
 
     let (ours, theirs) = socketpair(libc::SOCK_STREAM);
     set_buffer_sizes(ours, 4 * 1024);
@@ -154,7 +141,7 @@ fn stalled_sink_bounds_memory_and_stops_the_transport() {
     set_buffer_sizes(host_sock.as_raw_fd(), 64 * 1024);
     set_buffer_sizes(peer_sock.as_raw_fd(), 64 * 1024);
     let progress = Arc::new(AtomicUsize::new(0));
-    let mut plan = peer_plan(data.clone(), 8);
+    let mut plan = PeerPlan::sending(data.clone(), 40_000, 8);
     plan.progress = Some(progress.clone());
     let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
     let (read_end, write_end) = pipe();
@@ -171,7 +158,7 @@ fn stalled_sink_bounds_memory_and_stops_the_transport() {
     }));
     harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
 
-    // Nobody reads the pipe: the pump must stop the transport, and the peer
+    // No thread reads the pipe: the pump must stop the transport, and the peer
     // must stall with most of its data unsent.
     harness.run_until(TIMEOUT, |h| h.state.borrow().times_stopped_reading > 0);
     let stall_started = Instant::now();

@@ -38,8 +38,8 @@ struct Namespace {
     sender6: RawFd,
 }
 
-fn os_error(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
+fn os_error(call: &str) -> String {
+    format!("{call}: {}", std::io::Error::last_os_error())
 }
 
 fn sockaddr6(addr: [u8; 16], port: u16) -> libc::sockaddr_in6 {
@@ -68,6 +68,31 @@ fn sockaddr(addr: [u8; 4], port: u16) -> libc::sockaddr_in {
     sa
 }
 
+/// Moves the calling thread into a new network namespace and creates the
+/// TUN device `name` there. Returns an error, the reason to skip, only when
+/// the machine offers no namespace or no TUN device; TUNSETIFF failing
+/// afterwards is a test failure.
+///
+/// # Safety
+///
+/// Plain system calls on descriptors the caller then owns.
+unsafe fn open_tun_in_new_namespace(name: &std::ffi::CStr) -> Result<(RawFd, libc::ifreq), String> {
+    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+        return Err(os_error("unshare(CLONE_NEWNET)"));
+    }
+    let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+    if tun < 0 {
+        return Err(os_error("open /dev/net/tun"));
+    }
+    let mut ifr: libc::ifreq = std::mem::zeroed();
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.to_bytes_with_nul()) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    assert_eq!(libc::ioctl(tun, libc::TUNSETIFF, &mut ifr), 0, "{}", os_error("ioctl TUNSETIFF"));
+    Ok((tun, ifr))
+}
+
 /// Creates the namespace, the TUN device and the UDP sockets. Runs on a
 /// thread of its own, because `unshare` moves only the calling thread.
 /// Returns an error, the reason to skip, only when the machine has no
@@ -77,22 +102,8 @@ fn create_namespace() -> Result<Namespace, String> {
         // SAFETY: plain system calls on descriptors this thread creates;
         // the ifreq structures are zero-initialized plain data.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(os_error("unshare(CLONE_NEWNET)"));
-            }
-            let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if tun < 0 {
-                return Err(os_error("open /dev/net/tun"));
-            }
+            let (tun, mut ifr) = open_tun_in_new_namespace(c"splice0")?;
             let setup = |result: Result<(), String>| result.unwrap_or_else(|err| panic!("{err}"));
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            for (dst, src) in ifr.ifr_name.iter_mut().zip(b"splice0\0") {
-                *dst = *src as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-            if libc::ioctl(tun, libc::TUNSETIFF, &mut ifr) != 0 {
-                setup(Err(os_error("ioctl TUNSETIFF")));
-            }
             let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let address = sockaddr(LOCAL, 0);
             std::ptr::copy_nonoverlapping(
@@ -350,11 +361,11 @@ fn tun_device_carries_packets_both_ways() {
             harness.run_until(TIMEOUT, |h| h.splice.as_ref().unwrap().stats().packets_out >= sent);
         }
     }
-    let wanted_in = to_tun.len() as u64;
-    let wanted_out = from_tun.len() as u64;
+    let expected_in = to_tun.len() as u64;
+    let expected_out = from_tun.len() as u64;
     harness.run_until(TIMEOUT, |h| {
         let stats = h.splice.as_ref().unwrap().stats();
-        stats.packets_in >= wanted_in && stats.packets_out >= wanted_out
+        stats.packets_in >= expected_in && stats.packets_out >= expected_out
     });
     let stats = harness.splice.as_ref().unwrap().stats();
     harness.splice.as_mut().unwrap().stop();
@@ -362,7 +373,7 @@ fn tun_device_carries_packets_both_ways() {
     assert_eq!(harness.events(), vec![Event::Closed]);
     drop(harness);
 
-    assert_eq!(stats.packets_in, wanted_in);
+    assert_eq!(stats.packets_in, expected_in);
     let received4 = receiver4.join().unwrap();
     let received6 = receiver6.join().unwrap();
     let expected4: Vec<Vec<u8>> = to_tun.iter().step_by(2).cloned().collect();
@@ -388,19 +399,7 @@ fn create_rate_limited_device() -> Result<(RawFd, RawFd), String> {
         // SAFETY: plain system calls on descriptors this thread creates;
         // the ifreq and sockaddr_ll structures are zeroed plain data.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(os_error("unshare(CLONE_NEWNET)"));
-            }
-            let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if tun < 0 {
-                return Err(os_error("open /dev/net/tun"));
-            }
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            for (dst, src) in ifr.ifr_name.iter_mut().zip(b"splice1\0") {
-                *dst = *src as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-            assert_eq!(libc::ioctl(tun, libc::TUNSETIFF, &mut ifr), 0, "{}", os_error("TUNSETIFF"));
+            let (tun, mut ifr) = open_tun_in_new_namespace(c"splice1")?;
             let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
             assert_eq!(libc::ioctl(control, libc::SIOCSIFFLAGS, &mut ifr), 0, "{}", os_error("SIOCSIFFLAGS"));

@@ -63,9 +63,9 @@ pub fn run_ninja(mut command: Command, log: &Path, interval: Duration) -> Result
                 } else {
                     String::new()
                 };
-                let what = line.split_once("] ").map(|(_, rest)| rest).unwrap_or("");
-                let what: String = what.chars().take(70).collect();
-                eprintln!("build-node: [{done}/{total}] {}{eta}: {what}", format_duration(elapsed));
+                let step = line.split_once("] ").map(|(_, rest)| rest).unwrap_or("");
+                let step: String = step.chars().take(70).collect();
+                eprintln!("build-node: [{done}/{total}] {}{eta}: {step}", format_duration(elapsed));
             }
         } else if line.starts_with("FAILED:") || in_failure {
             in_failure = true;
@@ -76,10 +76,10 @@ pub fn run_ninja(mut command: Command, log: &Path, interval: Duration) -> Result
     }
     let status = child.wait()?;
     if !status.success() {
-        let shown: Vec<&String> = failure_lines.iter().take(60).collect();
+        let first_lines: Vec<&String> = failure_lines.iter().take(60).collect();
         bail!(
             "ninja failed ({status}); the first lines of the failure:\n{}\nfull log: {}",
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+            first_lines.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
             log.display()
         );
     }

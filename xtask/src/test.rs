@@ -409,8 +409,8 @@ pub fn record_baseline(layout: &Layout, opts: &Options) -> Result<()> {
                 baseline.skipped.insert(name, reason);
             }
             Outcome::Fail => {
-                let kept = previous.as_ref().and_then(|p| p.failing.get(&name)).cloned();
-                let reason = kept.unwrap_or_else(|| {
+                let recorded_reason = previous.as_ref().and_then(|p| p.failing.get(&name)).cloned();
+                let reason = recorded_reason.unwrap_or_else(|| {
                     let first = output
                         .lines()
                         .map(str::trim)

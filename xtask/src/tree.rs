@@ -22,10 +22,10 @@ use crate::Options;
 pub fn ensure_tree(layout: &Layout, opts: &Options) -> Result<State> {
     let sh = Shell::new()?;
     let mut state = layout.load_state()?;
-    let wanted = wanted_source(opts)?;
+    let requested = requested_source(opts)?;
     let tree_ready = state.base_commit.is_some() && layout.tree.join(".git").is_dir();
     if tree_ready {
-        match (&wanted, &state.tree_source) {
+        match (&requested, &state.tree_source) {
             (None, _) => return Ok(state),
             (Some(want), Some(have)) if want == have => return Ok(state),
             (Some(want), have) => bail!(
@@ -50,12 +50,12 @@ pub fn ensure_tree(layout: &Layout, opts: &Options) -> Result<State> {
         (Some(dir), _) => {
             copy_upstream_dir(&sh, Path::new(dir), &layout.tree)?;
             state.bundled_deps = true;
-            wanted.clone().unwrap()
+            requested.clone().unwrap()
         }
         (None, Some(tarball)) => {
             unpack_upstream_tarball(&sh, layout, Path::new(tarball))?;
             state.bundled_deps = true;
-            wanted.clone().unwrap()
+            requested.clone().unwrap()
         }
         (None, None) => {
             let sources = Sources::load(layout)?;
@@ -85,7 +85,7 @@ pub fn ensure_tree(layout: &Layout, opts: &Options) -> Result<State> {
     Ok(state)
 }
 
-fn wanted_source(opts: &Options) -> Result<Option<String>> {
+fn requested_source(opts: &Options) -> Result<Option<String>> {
     if let Some(dir) = &opts.node_src {
         let dir = Path::new(dir)
             .canonicalize()

@@ -241,6 +241,23 @@ pub struct PeerPlan {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
+impl PeerPlan {
+    /// Builds a plan that sends `send` in writes of up to `max_write` bytes,
+    /// then `close_notify`, within a 60-second timeout.
+    pub fn sending(send: Vec<u8>, max_write: usize, seed: u64) -> PeerPlan {
+        PeerPlan {
+            send,
+            max_write,
+            close_after_send: true,
+            abort_after_send: false,
+            reset: false,
+            timeout: Duration::from_secs(60),
+            seed,
+            progress: None,
+        }
+    }
+}
+
 /// What the peer observed.
 #[derive(Debug)]
 pub struct PeerResult {
