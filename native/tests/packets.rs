@@ -328,3 +328,86 @@ fn peer_reset_ends_as_truncation() {
     // An RST may discard queued bytes, but what arrived is an in-order prefix.
     assert_eq!(&received[..], &data[..received.len()]);
 }
+
+/// Returns the file status flags of `fd`, or -1 with EBADF once it is closed.
+fn status_flags(fd: i32) -> i32 {
+    // SAFETY: F_GETFL on any integer only reads.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) }
+}
+
+#[test]
+fn end_restores_flags_and_keeps_fd_open() {
+    let data = random_bytes(64 * 1024, 20);
+    let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
+    let plan = PeerPlan::sending(data.clone(), 40_000, 20);
+    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
+    let (read_end, write_end) = pipe();
+    let flags_before = status_flags(write_end);
+    assert_eq!(flags_before & libc::O_NONBLOCK, 0);
+    let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 21));
+
+    let mut harness = Harness::new(host, host_sock);
+    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    // The pump works on a nonblocking fd while the splice lasts.
+    assert_ne!(status_flags(write_end) & libc::O_NONBLOCK, 0);
+    harness.run_until_closed(TIMEOUT);
+    drop(harness);
+    peer_thread.join().unwrap();
+
+    // Without autoClose the fd stays open, with the flags it had before.
+    assert_eq!(status_flags(write_end), flags_before);
+    close(write_end);
+    let received = reader.join().unwrap();
+    assert_eq!(sha256(&received), sha256(&data));
+}
+
+#[test]
+fn auto_close_closes_fd_after_the_end() {
+    let data = random_bytes(64 * 1024, 22);
+    let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
+    let plan = PeerPlan::sending(data.clone(), 40_000, 22);
+    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
+    let (read_end, write_end) = pipe();
+    let reader = std::thread::spawn(move || read_until_eof_or_timeout(read_end, Duration::from_secs(20)));
+
+    let mut harness = Harness::new(host, host_sock);
+    let config = Config {
+        fd: write_end,
+        direction: Direction::In,
+        framing: Framing::Stream,
+        high_water_mark: HWM,
+        end: true,
+        auto_close: true,
+    };
+    harness.start_with(config).unwrap();
+    harness.run_until(TIMEOUT, |h| h.events().contains(&Event::Ended(Side::In, Ok(()))));
+    harness.run_until_closed(TIMEOUT);
+    assert_eq!(harness.events().last(), Some(&Event::Closed));
+    // The pipe's only write end is closed, so the reader reaches EOF after
+    // all the data; with the fd still open it would time out.
+    let received = reader.join().unwrap().expect("no EOF on the pipe: the fd was not closed");
+    drop(harness);
+    peer_thread.join().unwrap();
+    assert_eq!(sha256(&received), sha256(&data));
+}
+
+/// Reads `fd` until EOF, or returns None when no byte and no EOF arrives for
+/// `timeout`.
+fn read_until_eof_or_timeout(fd: i32, timeout: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) } <= 0 {
+            return None;
+        }
+        // SAFETY: `buf` is writable.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            close(fd);
+            return Some(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}

@@ -22,7 +22,8 @@ use openssl::x509::{X509Name, X509};
 use openssl_sys as ossl;
 use sha2::{Digest, Sha256};
 use tls_splice::uv;
-use tls_splice::{Config, Direction, Framing, Host, Side, Splice, SpliceError};
+pub use tls_splice::Config;
+use tls_splice::{Direction, Framing, Host, Side, Splice, SpliceError};
 
 /// TLS protocol version and cipher of a test session.
 #[derive(Clone, Copy, Debug)]
@@ -588,7 +589,11 @@ impl Harness {
 
     /// Starts a splice on `fd` with the given options.
     pub fn start(&mut self, fd: RawFd, direction: Direction, framing: Framing, high_water_mark: usize, end: bool) -> Result<(), SpliceError> {
-        let config = Config { fd, direction, framing, high_water_mark, end, auto_close: false };
+        self.start_with(Config { fd, direction, framing, high_water_mark, end, auto_close: false })
+    }
+
+    /// Starts a splice with every option given.
+    pub fn start_with(&mut self, config: Config) -> Result<(), SpliceError> {
         let host = Box::new(TestHost(self.state.clone()));
         // SAFETY: the session and the loop outlive the splice: the harness
         // runs the loop until the splice reports `closed`.
