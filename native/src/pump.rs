@@ -503,11 +503,9 @@ impl Splice {
         if events & (uv::uv_poll_event_UV_READABLE | uv::uv_poll_event_UV_DISCONNECT) as i32 != 0 {
             self.run_encrypt(true);
         }
+        // SSL_read may have queued a key update or alert reply.
+        self.flush();
         self.update_poll();
-        if !self.released {
-            // SSL_read may have queued a key update or alert reply.
-            self.host.flush_encrypted();
-        }
     }
 
     fn handle_timer(&mut self) {
@@ -515,11 +513,33 @@ impl Splice {
             if d.blocked == Some(Blocked::Buffers) {
                 d.blocked = None;
                 self.run_decrypt();
+                self.flush();
                 self.update_poll();
-                if !self.released {
-                    self.host.flush_encrypted();
-                }
             }
+        }
+    }
+
+    /// Requests a flush of the write BIO from one of the pump's own libuv
+    /// callbacks. A write that completes synchronously drains the backlog
+    /// here, and no drain notification follows for it, so the encrypt
+    /// direction checks its own brake afterwards.
+    fn flush(&mut self) {
+        if self.released {
+            return;
+        }
+        self.host.flush_encrypted();
+        let backlog = self.host.encrypted_backlog();
+        let Some(e) = &mut self.encrypt else { return };
+        match e.state {
+            EncryptState::BlockedOnTls if e.pending == 0 && backlog < self.config.high_water_mark => {
+                e.state = EncryptState::Running;
+            }
+            EncryptState::Ending if backlog == 0 => {
+                e.state = EncryptState::Done;
+                self.host.direction_ended(Side::Out, Ok(()));
+                self.release_if_done();
+            }
+            _ => {}
         }
     }
 
@@ -785,8 +805,8 @@ impl Splice {
                 }
             }
         }
-        if flush && !self.released {
-            self.host.flush_encrypted();
+        if flush {
+            self.flush();
         }
     }
 
