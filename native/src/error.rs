@@ -16,9 +16,17 @@ pub enum SpliceError {
     /// may not have sent everything (RFC 8446, section 6.1).
     Truncated,
     /// A system call on the spliced fd failed.
-    Fd { syscall: &'static str, errno: i32, fd: RawFd },
+    Fd {
+        syscall: &'static str,
+        errno: i32,
+        fd: RawFd,
+    },
     /// A packet write to the fd accepted fewer bytes than the packet has.
-    ShortPacketWrite { fd: RawFd, written: usize, len: usize },
+    ShortPacketWrite {
+        fd: RawFd,
+        written: usize,
+        len: usize,
+    },
     /// A packet read from the fd does not fit the framing, for example a
     /// datagram longer than the 16-bit length prefix can describe.
     PacketTooLarge { fd: RawFd, len: usize, max: usize },
@@ -34,7 +42,9 @@ pub enum SpliceError {
 impl SpliceError {
     /// Builds an fd error from `errno` of the failed `syscall`.
     pub fn last_os_error(syscall: &'static str, fd: RawFd) -> SpliceError {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         SpliceError::Fd { syscall, errno, fd }
     }
 

@@ -41,6 +41,9 @@ pub mod bridge {
         Fd,
         /// The decrypted stream or a packet from the fd breaks the framing.
         Framing,
+        /// Writing to the transport failed. Only the host reports this: the
+        /// pump never sees the transport's writes complete.
+        Transport,
     }
 
     /// Options of `start_splice`, validated by the JS layer.
@@ -125,6 +128,9 @@ pub mod bridge {
 
         /// Why `start_splice` failed, with `ok` set when it did not.
         fn start_error(self: &NativeSplice) -> SpliceEnd;
+        /// Queues cleartext decrypted before the splice started; see
+        /// `Splice::push_decrypted`.
+        fn push_decrypted(self: &mut NativeSplice, data: &[u8]);
         fn on_tls_input(self: &mut NativeSplice);
         fn on_transport_eof(self: &mut NativeSplice);
         fn on_encrypted_drained(self: &mut NativeSplice);
@@ -211,11 +217,19 @@ fn splice_end(side: Side, error: Option<SpliceError>) -> bridge::SpliceEnd {
         SpliceError::Fd { syscall, errno, .. } => (SpliceErrorKind::Fd, 0, errno, syscall),
         SpliceError::ShortPacketWrite { .. } => (SpliceErrorKind::Fd, 0, libc::EMSGSIZE, "write"),
         SpliceError::PacketTooLarge { .. } => (SpliceErrorKind::Fd, 0, libc::EMSGSIZE, "recv"),
-        SpliceError::InvalidPacket { .. } | SpliceError::Framing(_) | SpliceError::PartialPacket { .. } => {
-            (SpliceErrorKind::Framing, 0, 0, "")
-        }
+        SpliceError::InvalidPacket { .. }
+        | SpliceError::Framing(_)
+        | SpliceError::PartialPacket { .. } => (SpliceErrorKind::Framing, 0, 0, ""),
     };
-    bridge::SpliceEnd { side, ok: false, kind, ssl_error, errno_code, syscall, message: error.to_string() }
+    bridge::SpliceEnd {
+        side,
+        ok: false,
+        kind,
+        ssl_error,
+        errno_code,
+        syscall,
+        message: error.to_string(),
+    }
 }
 
 unsafe fn start_splice(
@@ -244,14 +258,26 @@ unsafe fn start_splice(
     };
     let result = Splice::start(config, ssl.cast(), uv_loop.cast(), Box::new(CxxHost(host)));
     match result {
-        Ok(splice) => Box::new(NativeSplice { splice: Some(splice), start_error: None }),
-        Err(error) => Box::new(NativeSplice { splice: None, start_error: Some(error) }),
+        Ok(splice) => Box::new(NativeSplice {
+            splice: Some(splice),
+            start_error: None,
+        }),
+        Err(error) => Box::new(NativeSplice {
+            splice: None,
+            start_error: Some(error),
+        }),
     }
 }
 
 impl NativeSplice {
     fn start_error(&self) -> bridge::SpliceEnd {
         splice_end(Side::In, self.start_error)
+    }
+
+    fn push_decrypted(&mut self, data: &[u8]) {
+        if let Some(splice) = &mut self.splice {
+            splice.push_decrypted(data);
+        }
     }
 
     fn on_tls_input(&mut self) {
@@ -293,7 +319,9 @@ impl NativeSplice {
     }
 
     fn wants_transport_reading(&self) -> bool {
-        self.splice.as_ref().is_none_or(|s| s.wants_transport_reading())
+        self.splice
+            .as_ref()
+            .is_none_or(|s| s.wants_transport_reading())
     }
 
     fn describe(&self) -> String {

@@ -103,10 +103,15 @@ impl Framing {
                     return Ok(None);
                 }
                 let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-                Ok(Some(Packet { prefix: LENGTH16_PREFIX, len }))
+                Ok(Some(Packet {
+                    prefix: LENGTH16_PREFIX,
+                    len,
+                }))
             }
             Framing::Ip => {
-                let Some(&first) = buf.first() else { return Ok(None) };
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
                 match first >> 4 {
                     4 => {
                         let ihl = first & 0x0f;
@@ -121,14 +126,20 @@ impl Framing {
                         if length < header {
                             return Err(FramingErrorKind::LengthBelowHeader { length, header });
                         }
-                        Ok(Some(Packet { prefix: 0, len: length }))
+                        Ok(Some(Packet {
+                            prefix: 0,
+                            len: length,
+                        }))
                     }
                     6 => {
                         if buf.len() < 6 {
                             return Ok(None);
                         }
                         let payload = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
-                        Ok(Some(Packet { prefix: 0, len: IPV6_HEADER + payload }))
+                        Ok(Some(Packet {
+                            prefix: 0,
+                            len: IPV6_HEADER + payload,
+                        }))
                     }
                     version => Err(FramingErrorKind::BadVersion(version)),
                 }
@@ -161,7 +172,11 @@ pub fn check_stream_cutting(framing: Framing, stream: &[u8]) {
         if framing == Framing::Ip {
             let version = rest[0] >> 4;
             assert!(version == 4 || version == 6, "accepted version {version}");
-            let header = if version == 4 { usize::from(rest[0] & 0x0f) * 4 } else { IPV6_HEADER };
+            let header = if version == 4 {
+                usize::from(rest[0] & 0x0f) * 4
+            } else {
+                IPV6_HEADER
+            };
             assert!(packet.len >= header, "packet shorter than its header");
         }
         if packet.wire_len() > rest.len() {
@@ -209,14 +224,23 @@ mod tests {
     #[test]
     fn ipv4_length_from_header() {
         let packet = ipv4(1400);
-        assert_eq!(Framing::Ip.parse(&packet), Ok(Some(Packet { prefix: 0, len: 1400 })));
+        assert_eq!(
+            Framing::Ip.parse(&packet),
+            Ok(Some(Packet {
+                prefix: 0,
+                len: 1400
+            }))
+        );
         assert_eq!(Framing::Ip.parse(&packet[..3]), Ok(None));
         assert_eq!(Framing::Ip.parse(&[]), Ok(None));
     }
 
     #[test]
     fn ipv4_header_only_packet_is_valid() {
-        assert_eq!(Framing::Ip.parse(&ipv4(20)), Ok(Some(Packet { prefix: 0, len: 20 })));
+        assert_eq!(
+            Framing::Ip.parse(&ipv4(20)),
+            Ok(Some(Packet { prefix: 0, len: 20 }))
+        );
     }
 
     #[test]
@@ -226,13 +250,19 @@ mod tests {
         packet[2..4].copy_from_slice(&23u16.to_be_bytes());
         assert_eq!(
             Framing::Ip.parse(&packet),
-            Err(FramingErrorKind::LengthBelowHeader { length: 23, header: 24 })
+            Err(FramingErrorKind::LengthBelowHeader {
+                length: 23,
+                header: 24
+            })
         );
     }
 
     #[test]
     fn ipv4_short_ihl_is_rejected() {
-        assert_eq!(Framing::Ip.parse(&[0x44]), Err(FramingErrorKind::BadHeaderLength(4)));
+        assert_eq!(
+            Framing::Ip.parse(&[0x44]),
+            Err(FramingErrorKind::BadHeaderLength(4))
+        );
     }
 
     #[test]
@@ -240,9 +270,18 @@ mod tests {
         let mut packet = vec![0u8; 40];
         packet[0] = 0x6a; // version 6, non-zero traffic class bits
         packet[1] = 0xbc;
-        assert_eq!(Framing::Ip.parse(&packet), Ok(Some(Packet { prefix: 0, len: 40 })));
+        assert_eq!(
+            Framing::Ip.parse(&packet),
+            Ok(Some(Packet { prefix: 0, len: 40 }))
+        );
         packet[4..6].copy_from_slice(&1000u16.to_be_bytes());
-        assert_eq!(Framing::Ip.parse(&packet), Ok(Some(Packet { prefix: 0, len: 1040 })));
+        assert_eq!(
+            Framing::Ip.parse(&packet),
+            Ok(Some(Packet {
+                prefix: 0,
+                len: 1040
+            }))
+        );
         assert_eq!(Framing::Ip.parse(&packet[..5]), Ok(None));
     }
 
@@ -259,16 +298,25 @@ mod tests {
     #[test]
     fn length16_prefix() {
         assert_eq!(Framing::Length16.parse(&[0]), Ok(None));
-        assert_eq!(Framing::Length16.parse(&[0, 0]), Ok(Some(Packet { prefix: 2, len: 0 })));
+        assert_eq!(
+            Framing::Length16.parse(&[0, 0]),
+            Ok(Some(Packet { prefix: 2, len: 0 }))
+        );
         assert_eq!(
             Framing::Length16.parse(&[0xff, 0xff, 1]),
-            Ok(Some(Packet { prefix: 2, len: 65535 }))
+            Ok(Some(Packet {
+                prefix: 2,
+                len: 65535
+            }))
         );
     }
 
     #[test]
     fn error_message_names_offset_and_value() {
-        let error = FramingError { offset: 4096, kind: FramingErrorKind::BadVersion(5) };
+        let error = FramingError {
+            offset: 4096,
+            kind: FramingErrorKind::BadVersion(5),
+        };
         assert_eq!(
             error.to_string(),
             "invalid IP packet at stream offset 4096: version 5, expected 4 or 6"

@@ -221,7 +221,35 @@ pub struct Splice {
     closed: bool,
 }
 
+extern "C" {
+    // Not bound by openssl-sys; part of OpenSSL's public API since 1.0.2.
+    fn ERR_set_mark() -> libc::c_int;
+    fn ERR_pop_to_mark() -> libc::c_int;
+}
+
+/// Scopes OpenSSL's thread-local error queue to one libuv callback, so that
+/// errors the pump's `SSL_read`/`SSL_write` left behind (after the host
+/// read them in `direction_ended`) do not leak into the host's next
+/// OpenSSL call. The host's own entry points are scoped by the host.
+struct ErrorMark;
+
+impl ErrorMark {
+    fn set() -> ErrorMark {
+        // SAFETY: plain calls on the calling thread's error queue.
+        unsafe { ERR_set_mark() };
+        ErrorMark
+    }
+}
+
+impl Drop for ErrorMark {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`.
+        unsafe { ERR_pop_to_mark() };
+    }
+}
+
 extern "C" fn on_poll(handle: *mut uv::uv_poll_t, status: i32, events: i32) {
+    let _mark = ErrorMark::set();
     // SAFETY: `data` points at the Splice that owns the handle, and the
     // Splice lives until the handle's close callback ran.
     let splice = unsafe { &mut *((*handle).data as *mut Splice) };
@@ -229,6 +257,7 @@ extern "C" fn on_poll(handle: *mut uv::uv_poll_t, status: i32, events: i32) {
 }
 
 extern "C" fn on_timer(handle: *mut uv::uv_timer_t) {
+    let _mark = ErrorMark::set();
     // SAFETY: as in `on_poll`.
     let splice = unsafe { &mut *((*handle).data as *mut Splice) };
     splice.handle_timer();
@@ -279,7 +308,11 @@ impl Splice {
     ) -> Result<Box<Splice>, SpliceError> {
         let fd = config.fd;
         let high_water_mark = config.high_water_mark.max(1);
-        let packet_room = if config.framing.is_packet() { MAX_PACKET + LENGTH16_PREFIX } else { 0 };
+        let packet_room = if config.framing.is_packet() {
+            MAX_PACKET + LENGTH16_PREFIX
+        } else {
+            0
+        };
         let decrypt = config.direction.has_in().then(|| Decrypt {
             done: false,
             blocked: None,
@@ -298,7 +331,10 @@ impl Splice {
             pending_packets: 0,
             eof: false,
             datagram: socket_type(fd) == Some(libc::SOCK_DGRAM),
-            packet_socket: matches!(socket_type(fd), Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET)),
+            packet_socket: matches!(
+                socket_type(fd),
+                Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET)
+            ),
         });
 
         let saved_flags = libc::fcntl(fd, libc::F_GETFL);
@@ -307,7 +343,10 @@ impl Splice {
         }
 
         let mut splice = Box::new(Splice {
-            config: Config { high_water_mark, ..config },
+            config: Config {
+                high_water_mark,
+                ..config
+            },
             ssl,
             host,
             stats: Stats::default(),
@@ -333,7 +372,11 @@ impl Splice {
         if rc != 0 {
             std::alloc::dealloc(poll.cast(), std::alloc::Layout::new::<uv::uv_poll_t>());
             libc::fcntl(fd, libc::F_SETFL, saved_flags);
-            return Err(SpliceError::Fd { syscall: "uv_poll_init", errno: -rc, fd });
+            return Err(SpliceError::Fd {
+                syscall: "uv_poll_init",
+                errno: -rc,
+                fd,
+            });
         }
         (*poll).data = data;
         splice.poll = poll;
@@ -374,11 +417,21 @@ impl Splice {
         let decrypt = self.decrypt.as_ref().map(|d| {
             format!(
                 "in: done={} blocked={:?} buffered={} close_notify={} transport_stopped={} eof={}",
-                d.done, d.blocked, d.ring.len(), d.close_notify, d.transport_stopped, d.transport_eof
+                d.done,
+                d.blocked,
+                d.ring.len(),
+                d.close_notify,
+                d.transport_stopped,
+                d.transport_eof
             )
         });
         let encrypt = self.encrypt.as_ref().map(|e| {
-            format!("out: {:?} pending={} eof={}", e.state, e.pending - e.written, e.eof)
+            format!(
+                "out: {:?} pending={} eof={}",
+                e.state,
+                e.pending - e.written,
+                e.eof
+            )
         });
         format!(
             "splice fd {}: {}; {}; polled={} released={}",
@@ -403,12 +456,25 @@ impl Splice {
 
     // ----- entry points for the host -----
 
+    /// Queues cleartext that the host decrypted before the splice took over
+    /// the decrypt direction (bytes its reader had not consumed yet). They
+    /// are written to the fd before anything the pump decrypts, so the host
+    /// calls this before the first `on_tls_input`. Ignored without a decrypt
+    /// direction.
+    pub fn push_decrypted(&mut self, data: &[u8]) {
+        if let Some(d) = &mut self.decrypt {
+            debug_assert!(!d.done, "push_decrypted after the decrypt direction ended");
+            d.ring.push(data);
+        }
+    }
+
     /// Ciphertext was added to OpenSSL's read BIO. The host flushes the
     /// write BIO afterwards, as it does after its own `SSL_read`.
     pub fn on_tls_input(&mut self) {
         self.run_decrypt();
         // Reading may have completed a renegotiation that held a write.
-        if matches!(&self.encrypt, Some(e) if e.state == EncryptState::BlockedOnTls && e.pending > 0) {
+        if matches!(&self.encrypt, Some(e) if e.state == EncryptState::BlockedOnTls && e.pending > 0)
+        {
             self.run_encrypt(false);
         }
         self.update_poll();
@@ -487,7 +553,11 @@ impl Splice {
             return;
         }
         if status < 0 {
-            let error = SpliceError::Fd { syscall: "poll", errno: -status, fd: self.config.fd };
+            let error = SpliceError::Fd {
+                syscall: "poll",
+                errno: -status,
+                fd: self.config.fd,
+            };
             self.fail_decrypt(error);
             self.fail_encrypt(error);
             return;
@@ -531,7 +601,9 @@ impl Splice {
         let backlog = self.host.encrypted_backlog();
         let Some(e) = &mut self.encrypt else { return };
         match e.state {
-            EncryptState::BlockedOnTls if e.pending == 0 && backlog < self.config.high_water_mark => {
+            EncryptState::BlockedOnTls
+                if e.pending == 0 && backlog < self.config.high_water_mark =>
+            {
                 e.state = EncryptState::Running;
             }
             EncryptState::Ending if backlog == 0 => {
@@ -575,7 +647,10 @@ impl Splice {
                     return self.finish_decrypt();
                 }
                 // Only a packet cut short by close_notify can remain.
-                let error = SpliceError::PartialPacket { offset: d.offset, len: d.ring.len() };
+                let error = SpliceError::PartialPacket {
+                    offset: d.offset,
+                    len: d.ring.len(),
+                };
                 return self.fail_decrypt(error);
             }
             match self.fill_ring() {
@@ -619,7 +694,9 @@ impl Splice {
             // SAFETY: as above.
             let code = unsafe { ossl::SSL_get_error(ssl, n) };
             return match code {
-                ossl::SSL_ERROR_WANT_READ | ossl::SSL_ERROR_WANT_WRITE if progress => Fill::Progress,
+                ossl::SSL_ERROR_WANT_READ | ossl::SSL_ERROR_WANT_WRITE if progress => {
+                    Fill::Progress
+                }
                 ossl::SSL_ERROR_WANT_READ | ossl::SSL_ERROR_WANT_WRITE => Fill::WantRead,
                 // Bytes decrypted before the alert are written first.
                 ossl::SSL_ERROR_ZERO_RETURN => Fill::CloseNotify,
@@ -645,7 +722,13 @@ impl Splice {
                         self.stats.bytes_in += n as u64;
                     }
                     Err(libc::EAGAIN) => return Ok(Flush::Blocked(Blocked::Writable)),
-                    Err(errno) => return Err(SpliceError::Fd { syscall: "write", errno, fd }),
+                    Err(errno) => {
+                        return Err(SpliceError::Fd {
+                            syscall: "write",
+                            errno,
+                            fd,
+                        })
+                    }
                 }
             }
             return Ok(Flush::Done);
@@ -656,7 +739,12 @@ impl Splice {
             let packet = match framing.parse(&header[..have]) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(Flush::Done),
-                Err(kind) => return Err(SpliceError::Framing(FramingError { offset: d.offset, kind })),
+                Err(kind) => {
+                    return Err(SpliceError::Framing(FramingError {
+                        offset: d.offset,
+                        kind,
+                    }))
+                }
             };
             if d.ring.len() < packet.wire_len() {
                 return Ok(Flush::Done);
@@ -670,12 +758,26 @@ impl Splice {
                     self.stats.bytes_in += packet.len as u64;
                     self.stats.packets_in += 1;
                 }
-                Ok(n) => return Err(SpliceError::ShortPacketWrite { fd, written: n, len: packet.len }),
+                Ok(n) => {
+                    return Err(SpliceError::ShortPacketWrite {
+                        fd,
+                        written: n,
+                        len: packet.len,
+                    })
+                }
                 Err(libc::EAGAIN) => return Ok(Flush::Blocked(Blocked::Writable)),
                 // A TUN device reports a full queue this way; the packet is
                 // retried, never dropped.
-                Err(libc::ENOBUFS) | Err(libc::ENOSPC) => return Ok(Flush::Blocked(Blocked::Buffers)),
-                Err(errno) => return Err(SpliceError::Fd { syscall: "write", errno, fd }),
+                Err(libc::ENOBUFS) | Err(libc::ENOSPC) => {
+                    return Ok(Flush::Blocked(Blocked::Buffers))
+                }
+                Err(errno) => {
+                    return Err(SpliceError::Fd {
+                        syscall: "write",
+                        errno,
+                        fd,
+                    })
+                }
             }
         }
     }
@@ -712,7 +814,11 @@ impl Splice {
                 if errno != libc::ENOTSOCK && errno != libc::ENOTCONN {
                     self.host.direction_ended(
                         Side::In,
-                        Err(SpliceError::Fd { syscall: "shutdown", errno, fd: self.config.fd }),
+                        Err(SpliceError::Fd {
+                            syscall: "shutdown",
+                            errno,
+                            fd: self.config.fd,
+                        }),
                     );
                     return self.release_if_done();
                 }
@@ -858,18 +964,31 @@ impl Splice {
                     Ok(Read::Data)
                 }
                 Err(libc::EAGAIN) => Ok(Read::WouldBlock),
-                Err(errno) => Err(SpliceError::Fd { syscall: "read", errno, fd }),
+                Err(errno) => Err(SpliceError::Fd {
+                    syscall: "read",
+                    errno,
+                    fd,
+                }),
             };
         }
 
-        let prefix = if framing == Framing::Length16 { LENGTH16_PREFIX } else { 0 };
-        let max_len = if framing == Framing::Length16 { usize::from(u16::MAX) } else { MAX_PACKET };
+        let prefix = if framing == Framing::Length16 {
+            LENGTH16_PREFIX
+        } else {
+            0
+        };
+        let max_len = if framing == Framing::Length16 {
+            usize::from(u16::MAX)
+        } else {
+            MAX_PACKET
+        };
         let mut pos = 0;
         // Coalesce packets into one record's worth; each read has room for
         // the largest packet, so a TUN read is never truncated.
         while pos < MAX_RECORD && pos + prefix + MAX_PACKET <= e.buf.len() {
             let start = pos + prefix;
-            let n = match read_retrying(fd, &mut e.buf[start..start + MAX_PACKET], e.packet_socket) {
+            let n = match read_retrying(fd, &mut e.buf[start..start + MAX_PACKET], e.packet_socket)
+            {
                 Ok(0) if !e.datagram => {
                     e.eof = true;
                     break;
@@ -882,7 +1001,11 @@ impl Splice {
                 }
             };
             if n > max_len {
-                return Err(SpliceError::PacketTooLarge { fd, len: n, max: max_len });
+                return Err(SpliceError::PacketTooLarge {
+                    fd,
+                    len: n,
+                    max: max_len,
+                });
             }
             if framing == Framing::Ip {
                 match framing.parse(&e.buf[start..start + n]) {
@@ -936,7 +1059,10 @@ impl Splice {
 
     fn release_if_done(&mut self) {
         let decrypt_done = self.decrypt.as_ref().map_or(true, |d| d.done);
-        let encrypt_done = self.encrypt.as_ref().map_or(true, |e| e.state == EncryptState::Done);
+        let encrypt_done = self
+            .encrypt
+            .as_ref()
+            .map_or(true, |e| e.state == EncryptState::Done);
         if decrypt_done && encrypt_done {
             self.release_fd();
         }
@@ -1016,7 +1142,9 @@ fn read_retrying(fd: RawFd, buf: &mut [u8], packet_socket: bool) -> Result<usize
         if n >= 0 {
             return Ok(n as usize);
         }
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         if errno != libc::EINTR {
             return Err(errno);
         }
@@ -1039,8 +1167,14 @@ fn skip_prefix<'a>(first: &'a [u8], second: &'a [u8], prefix: usize) -> (&'a [u8
 /// `MSG_NOSIGNAL` turns SIGPIPE into EPIPE.
 fn write_fd(fd: RawFd, first: &[u8], second: &[u8], socket: bool) -> Result<usize, i32> {
     let mut iov = [
-        libc::iovec { iov_base: first.as_ptr() as *mut libc::c_void, iov_len: first.len() },
-        libc::iovec { iov_base: second.as_ptr() as *mut libc::c_void, iov_len: second.len() },
+        libc::iovec {
+            iov_base: first.as_ptr() as *mut libc::c_void,
+            iov_len: first.len(),
+        },
+        libc::iovec {
+            iov_base: second.as_ptr() as *mut libc::c_void,
+            iov_len: second.len(),
+        },
     ];
     let count = if second.is_empty() { 1 } else { 2 };
     loop {
@@ -1059,7 +1193,9 @@ fn write_fd(fd: RawFd, first: &[u8], second: &[u8], socket: bool) -> Result<usiz
         if n >= 0 {
             return Ok(n as usize);
         }
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         if errno != libc::EINTR {
             return Err(errno);
         }
@@ -1072,7 +1208,13 @@ fn socket_type(fd: RawFd) -> Option<i32> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the output buffer matches `len`.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
     (rc == 0).then_some(kind)
 }

@@ -17,7 +17,11 @@ pub struct Ring {
 impl Ring {
     pub fn new(capacity: usize) -> Ring {
         assert!(capacity > 0, "ring capacity must be positive");
-        Ring { storage: vec![0; capacity].into_boxed_slice(), head: 0, len: 0 }
+        Ring {
+            storage: vec![0; capacity].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -58,7 +62,11 @@ impl Ring {
     ///
     /// Panics if `n` exceeds the free space.
     pub fn commit(&mut self, n: usize) {
-        assert!(n <= self.free(), "commit of {n} bytes exceeds the free space {}", self.free());
+        assert!(
+            n <= self.free(),
+            "commit of {n} bytes exceeds the free space {}",
+            self.free()
+        );
         self.len += n;
     }
 
@@ -67,7 +75,11 @@ impl Ring {
     ///
     /// Panics if fewer than `n` bytes are stored.
     pub fn front(&self, n: usize) -> (&[u8], &[u8]) {
-        assert!(n <= self.len, "front({n}) of a ring holding {} bytes", self.len);
+        assert!(
+            n <= self.len,
+            "front({n}) of a ring holding {} bytes",
+            self.len
+        );
         let first_len = n.min(self.capacity() - self.head);
         let first = &self.storage[self.head..self.head + first_len];
         let second = &self.storage[..n - first_len];
@@ -86,11 +98,39 @@ impl Ring {
         n
     }
 
+    /// Appends `data`, growing the storage first when it does not fit.
+    ///
+    /// Only for bytes the host decrypted before the splice started: they
+    /// may exceed the capacity chosen for the high-water mark, and they
+    /// must not be refused, because nothing else holds them.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() > self.free() {
+            let mut storage = vec![0; self.len + data.len()].into_boxed_slice();
+            let (first, second) = self.front(self.len);
+            storage[..first.len()].copy_from_slice(first);
+            storage[first.len()..self.len].copy_from_slice(second);
+            self.storage = storage;
+            self.head = 0;
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let space = self.tail_space();
+            let n = space.len().min(rest.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            self.commit(n);
+            rest = &rest[n..];
+        }
+    }
+
     /// Drops the first `n` stored bytes.
     ///
     /// Panics if fewer than `n` bytes are stored.
     pub fn consume(&mut self, n: usize) {
-        assert!(n <= self.len, "consume({n}) of a ring holding {} bytes", self.len);
+        assert!(
+            n <= self.len,
+            "consume({n}) of a ring holding {} bytes",
+            self.len
+        );
         self.head = (self.head + n) % self.capacity();
         self.len -= n;
         if self.len == 0 {
@@ -150,6 +190,24 @@ mod tests {
     }
 
     #[test]
+    fn push_grows_a_wrapped_ring_in_order() {
+        let mut ring = Ring::new(8);
+        push(&mut ring, &[1, 2, 3, 4, 5, 6]);
+        ring.consume(4);
+        push(&mut ring, &[7, 8, 9, 10]);
+        // 6 stored, 2 free, wrapped: pushing 5 must grow and keep the order.
+        ring.push(&[11, 12, 13, 14, 15]);
+        assert_eq!(ring.capacity(), 11);
+        assert_eq!(
+            front_vec(&ring, 11),
+            [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        );
+        ring.consume(11);
+        ring.push(&[16, 17]);
+        assert_eq!(front_vec(&ring, 2), [16, 17]);
+    }
+
+    #[test]
     fn peek_stops_at_stored_bytes() {
         let mut ring = Ring::new(8);
         push(&mut ring, &[1, 2]);
@@ -175,12 +233,20 @@ mod tests {
         for _ in 0..20_000 {
             if next(2) == 0 {
                 let n = next(ring.free() + 1);
-                let bytes: Vec<u8> = (0..n).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
+                let bytes: Vec<u8> = (0..n)
+                    .map(|_| {
+                        counter = counter.wrapping_add(1);
+                        counter
+                    })
+                    .collect();
                 push(&mut ring, &bytes);
                 model.extend(bytes);
             } else {
                 let n = next(ring.len() + 1);
-                assert_eq!(front_vec(&ring, n), model.iter().take(n).copied().collect::<Vec<_>>());
+                assert_eq!(
+                    front_vec(&ring, n),
+                    model.iter().take(n).copied().collect::<Vec<_>>()
+                );
                 ring.consume(n);
                 model.drain(..n);
             }

@@ -86,12 +86,16 @@ fn decrypt_packets(
     max_write: usize,
 ) -> (Vec<Vec<u8>>, Vec<Event>, tls_splice::Stats, Vec<u8>, usize) {
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
-    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(stream, max_write, 11)));
+    let peer_thread = std::thread::spawn(move || {
+        run_peer(peer, peer_sock, PeerPlan::sending(stream, max_write, 11))
+    });
     let (ours, theirs) = socketpair(kind);
     let reader = std::thread::spawn(move || receive_packets(theirs, count));
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(ours, Direction::In, framing, HWM, false).unwrap();
+    harness
+        .start(ours, Direction::In, framing, HWM, false)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
     let stats = harness.splice.as_ref().unwrap().stats();
     let events = harness.events();
@@ -115,14 +119,25 @@ fn decrypt_packets(
 fn ip_packets_arrive_one_write_each() {
     let packets = ip_packets(10_000, 1);
     let stream = packets.concat();
-    let (received, events, stats, _, blocked) =
-        decrypt_packets(stream, Framing::Ip, libc::SOCK_SEQPACKET, packets.len(), 40_000);
+    let (received, events, stats, _, blocked) = decrypt_packets(
+        stream,
+        Framing::Ip,
+        libc::SOCK_SEQPACKET,
+        packets.len(),
+        40_000,
+    );
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
-    assert!(blocked > 0, "the socket never refused a packet; EAGAIN was not exercised");
+    assert!(
+        blocked > 0,
+        "the socket never refused a packet; EAGAIN was not exercised"
+    );
     assert_eq!(received.len(), packets.len());
     assert!(received == packets, "packets differ");
     assert_eq!(stats.packets_in, packets.len() as u64);
-    assert_eq!(stats.bytes_in, packets.iter().map(Vec::len).sum::<usize>() as u64);
+    assert_eq!(
+        stats.bytes_in,
+        packets.iter().map(Vec::len).sum::<usize>() as u64
+    );
 }
 
 #[test]
@@ -143,20 +158,33 @@ fn length16_packets_include_empty_datagrams() {
     packets[5] = Vec::new();
     packets[6] = vec![0x99; 3];
     let stream = length16_stream(&packets);
-    let (received, events, stats, _, _) =
-        decrypt_packets(stream, Framing::Length16, libc::SOCK_DGRAM, packets.len(), 3000);
+    let (received, events, stats, _, _) = decrypt_packets(
+        stream,
+        Framing::Length16,
+        libc::SOCK_DGRAM,
+        packets.len(),
+        3000,
+    );
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
     assert!(received == packets, "packets differ");
     assert_eq!(stats.packets_in, packets.len() as u64);
-    assert_eq!(stats.bytes_in, packets.iter().map(Vec::len).sum::<usize>() as u64);
+    assert_eq!(
+        stats.bytes_in,
+        packets.iter().map(Vec::len).sum::<usize>() as u64
+    );
 }
 
 #[test]
 fn length16_packets_over_seqpacket() {
     let packets = ip_packets(3000, 5);
     let stream = length16_stream(&packets);
-    let (received, events, stats, _, _) =
-        decrypt_packets(stream, Framing::Length16, libc::SOCK_SEQPACKET, packets.len(), 20_000);
+    let (received, events, stats, _, _) = decrypt_packets(
+        stream,
+        Framing::Length16,
+        libc::SOCK_SEQPACKET,
+        packets.len(),
+        20_000,
+    );
     assert_eq!(events, vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
     assert!(received == packets, "packets differ");
     assert_eq!(stats.packets_in, packets.len() as u64);
@@ -170,17 +198,24 @@ fn bad_ip_version_stops_before_the_bad_packet() {
     stream.extend_from_slice(&[0x50, 0, 0, 40]);
     stream.extend_from_slice(&[0u8; 36]);
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
-    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(stream, 40_000, 12)));
+    let peer_thread = std::thread::spawn(move || {
+        run_peer(peer, peer_sock, PeerPlan::sending(stream, 40_000, 12))
+    });
     let (ours, theirs) = socketpair(libc::SOCK_SEQPACKET);
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(ours, Direction::In, Framing::Ip, HWM, false).unwrap();
+    harness
+        .start(ours, Direction::In, Framing::Ip, HWM, false)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
     let expected_error = SpliceError::Framing(FramingError {
         offset: bad_offset,
         kind: FramingErrorKind::BadVersion(5),
     });
-    assert_eq!(harness.events(), vec![Event::Ended(Side::In, Err(expected_error)), Event::Closed]);
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::In, Err(expected_error)), Event::Closed]
+    );
     // The bytes from the bad header on go back to the host, not to the fd.
     let given_back = harness.state.borrow().given_back.clone();
     assert_eq!(&given_back[..4], &[0x50, 0, 0, 40]);
@@ -217,10 +252,19 @@ fn closed_sink_ends_with_epipe() {
     close(read_end);
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(write_end, Direction::In, Framing::Stream, HWM, true)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
-    let expected = SpliceError::Fd { syscall: "write", errno: libc::EPIPE, fd: write_end };
-    assert_eq!(harness.events(), vec![Event::Ended(Side::In, Err(expected)), Event::Closed]);
+    let expected = SpliceError::Fd {
+        syscall: "write",
+        errno: libc::EPIPE,
+        fd: write_end,
+    };
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::In, Err(expected)), Event::Closed]
+    );
     // The decrypted bytes the fd refused go back to the host, which reads
     // the transport again.
     assert!(!harness.state.borrow().given_back.is_empty());
@@ -244,11 +288,16 @@ fn receive_until_abort(cipher: Cipher, data: &[u8], reset: bool, seed: u64) -> V
     let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, seed + 1));
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(write_end, Direction::In, Framing::Stream, HWM, true)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
     assert_eq!(
         harness.events(),
-        vec![Event::Ended(Side::In, Err(SpliceError::Truncated)), Event::Closed]
+        vec![
+            Event::Ended(Side::In, Err(SpliceError::Truncated)),
+            Event::Closed
+        ]
     );
     drop(harness);
     close(write_end);
@@ -272,8 +321,17 @@ fn bad_fd_is_rejected_at_start() {
     // Above any descriptor this process opens; a closed low number could be
     // reused by a test running in parallel.
     let fd = 1 << 20;
-    let error = harness.start(fd, Direction::In, Framing::Stream, HWM, true).unwrap_err();
-    assert_eq!(error, SpliceError::Fd { syscall: "fcntl", errno: libc::EBADF, fd });
+    let error = harness
+        .start(fd, Direction::In, Framing::Stream, HWM, true)
+        .unwrap_err();
+    assert_eq!(
+        error,
+        SpliceError::Fd {
+            syscall: "fcntl",
+            errno: libc::EBADF,
+            fd
+        }
+    );
 }
 
 #[test]
@@ -283,8 +341,17 @@ fn regular_file_cannot_be_polled() {
     let file = std::fs::File::open("/proc/self/exe").unwrap();
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
-    let error = harness.start(fd, Direction::Out, Framing::Stream, HWM, true).unwrap_err();
-    assert_eq!(error, SpliceError::Fd { syscall: "uv_poll_init", errno: libc::EPERM, fd });
+    let error = harness
+        .start(fd, Direction::Out, Framing::Stream, HWM, true)
+        .unwrap_err();
+    assert_eq!(
+        error,
+        SpliceError::Fd {
+            syscall: "uv_poll_init",
+            errno: libc::EPERM,
+            fd
+        }
+    );
 }
 
 #[test]
@@ -298,7 +365,9 @@ fn stop_gives_back_unwritten_bytes() {
     let (read_end, write_end) = pipe();
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(write_end, Direction::In, Framing::Stream, HWM, true)
+        .unwrap();
     // Let the pipe fill up and the pump block on it.
     harness.run_until(TIMEOUT, |h| h.state.borrow().times_stopped_reading > 0);
     harness.splice.as_mut().unwrap().stop();
@@ -308,7 +377,10 @@ fn stop_gives_back_unwritten_bytes() {
     let stats = harness.splice.as_ref().unwrap().stats();
     let given_back = harness.state.borrow().given_back.clone();
     assert!(!given_back.is_empty());
-    assert!(harness.state.borrow().reading, "the host must read the transport again");
+    assert!(
+        harness.state.borrow().reading,
+        "the host must read the transport again"
+    );
     drop(harness);
     close(write_end);
 
@@ -347,7 +419,9 @@ fn end_restores_flags_and_keeps_fd_open() {
     let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 21));
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(write_end, Direction::In, Framing::Stream, HWM, true)
+        .unwrap();
     // The pump works on a nonblocking fd while the splice lasts.
     assert_ne!(status_flags(write_end) & libc::O_NONBLOCK, 0);
     harness.run_until_closed(TIMEOUT);
@@ -368,7 +442,8 @@ fn auto_close_closes_fd_after_the_end() {
     let plan = PeerPlan::sending(data.clone(), 40_000, 22);
     let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
     let (read_end, write_end) = pipe();
-    let reader = std::thread::spawn(move || read_until_eof_or_timeout(read_end, Duration::from_secs(20)));
+    let reader =
+        std::thread::spawn(move || read_until_eof_or_timeout(read_end, Duration::from_secs(20)));
 
     let mut harness = Harness::new(host, host_sock);
     let config = Config {
@@ -380,12 +455,17 @@ fn auto_close_closes_fd_after_the_end() {
         auto_close: true,
     };
     harness.start_with(config).unwrap();
-    harness.run_until(TIMEOUT, |h| h.events().contains(&Event::Ended(Side::In, Ok(()))));
+    harness.run_until(TIMEOUT, |h| {
+        h.events().contains(&Event::Ended(Side::In, Ok(())))
+    });
     harness.run_until_closed(TIMEOUT);
     assert_eq!(harness.events().last(), Some(&Event::Closed));
     // The pipe's only write end is closed, so the reader reaches EOF after
     // all the data; with the fd still open it would time out.
-    let received = reader.join().unwrap().expect("no EOF on the pipe: the fd was not closed");
+    let received = reader
+        .join()
+        .unwrap()
+        .expect("no EOF on the pipe: the fd was not closed");
     drop(harness);
     peer_thread.join().unwrap();
     assert_eq!(sha256(&received), sha256(&data));
@@ -397,7 +477,11 @@ fn read_until_eof_or_timeout(fd: i32, timeout: Duration) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) } <= 0 {
             return None;

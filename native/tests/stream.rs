@@ -23,15 +23,23 @@ fn decrypt_to_pipe_is_byte_identical() {
         let data = random_bytes(3 << 20, 10 + i as u64);
         let (host, host_sock, peer, peer_sock) = connect(cipher);
         let peer_data = data.clone();
-        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 1)));
+        let peer_thread = std::thread::spawn(move || {
+            run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 1))
+        });
         let (read_end, write_end) = pipe();
         let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 2));
 
         let mut harness = Harness::new(host, host_sock);
-        harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+        harness
+            .start(write_end, Direction::In, Framing::Stream, HWM, true)
+            .unwrap();
         harness.run_until_closed(TIMEOUT);
         let stats = harness.splice.as_ref().unwrap().stats();
-        assert_eq!(harness.events(), vec![Event::Ended(Side::In, Ok(())), Event::Closed], "{cipher:?}");
+        assert_eq!(
+            harness.events(),
+            vec![Event::Ended(Side::In, Ok(())), Event::Closed],
+            "{cipher:?}"
+        );
         drop(harness);
         close(write_end);
 
@@ -49,7 +57,9 @@ fn encrypt_from_pipe_is_byte_identical() {
     for (i, cipher) in ALL_CIPHERS.into_iter().enumerate() {
         let data = random_bytes(3 << 20, 20 + i as u64);
         let (host, host_sock, peer, peer_sock) = connect(cipher);
-        let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(Vec::new(), 40_000, 3)));
+        let peer_thread = std::thread::spawn(move || {
+            run_peer(peer, peer_sock, PeerPlan::sending(Vec::new(), 40_000, 3))
+        });
         let (read_end, write_end) = pipe();
         let source = data.clone();
         let writer = std::thread::spawn(move || {
@@ -58,11 +68,20 @@ fn encrypt_from_pipe_is_byte_identical() {
         });
 
         let mut harness = Harness::new(host, host_sock);
-        harness.start(read_end, Direction::Out, Framing::Stream, HWM, true).unwrap();
+        harness
+            .start(read_end, Direction::Out, Framing::Stream, HWM, true)
+            .unwrap();
         harness.run_until_closed(TIMEOUT);
         let stats = harness.splice.as_ref().unwrap().stats();
-        assert_eq!(harness.events(), vec![Event::Ended(Side::Out, Ok(())), Event::Closed], "{cipher:?}");
-        assert!(harness.state.borrow().shutdown_requested, "close_notify was not requested");
+        assert_eq!(
+            harness.events(),
+            vec![Event::Ended(Side::Out, Ok(())), Event::Closed],
+            "{cipher:?}"
+        );
+        assert!(
+            harness.state.borrow().shutdown_requested,
+            "close_notify was not requested"
+        );
         writer.join().unwrap();
 
         // The peer ends when it has read close_notify.
@@ -79,7 +98,15 @@ fn encrypt_from_pipe_is_byte_identical() {
 fn set_buffer_sizes(fd: i32, size: i32) {
     for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
         // SAFETY: setting an int socket option on our own socket.
-        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&size as *const i32).cast(), 4) };
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const i32).cast(),
+                4,
+            )
+        };
         assert_eq!(rc, 0);
     }
 }
@@ -94,7 +121,9 @@ fn duplex_over_socketpair_with_small_buffers() {
     set_buffer_sizes(host_sock.as_raw_fd(), 64 * 1024);
     set_buffer_sizes(peer_sock.as_raw_fd(), 64 * 1024);
     let peer_data = to_fd.clone();
-    let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 5)));
+    let peer_thread = std::thread::spawn(move || {
+        run_peer(peer, peer_sock, PeerPlan::sending(peer_data, 40_000, 5))
+    });
 
     let (ours, theirs) = socketpair(libc::SOCK_STREAM);
     set_buffer_sizes(ours, 4 * 1024);
@@ -111,17 +140,31 @@ fn duplex_over_socketpair_with_small_buffers() {
     let reader = std::thread::spawn(move || read_all_with_stalls(theirs, usize::MAX, 7));
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(ours, Direction::Duplex, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(ours, Direction::Duplex, Framing::Stream, HWM, true)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
     let events = harness.events();
-    assert!(events.contains(&Event::Ended(Side::In, Ok(()))), "{events:?}");
-    assert!(events.contains(&Event::Ended(Side::Out, Ok(()))), "{events:?}");
+    assert!(
+        events.contains(&Event::Ended(Side::In, Ok(()))),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&Event::Ended(Side::Out, Ok(()))),
+        "{events:?}"
+    );
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events.last(), Some(&Event::Closed));
     let max_backlog = harness.state.borrow().max_backlog_seen;
-    assert!(max_backlog >= HWM, "the transport never pushed back: max backlog {max_backlog}");
+    assert!(
+        max_backlog >= HWM,
+        "the transport never pushed back: max backlog {max_backlog}"
+    );
     let blocked_in = harness.state.borrow().times_stopped_reading;
-    assert!(blocked_in > 0, "the fd never pushed back on the decrypt direction");
+    assert!(
+        blocked_in > 0,
+        "the fd never pushed back on the decrypt direction"
+    );
     let stats = harness.splice.as_ref().unwrap().stats();
     let result = peer_thread.join().unwrap();
     drop(harness);
@@ -162,29 +205,52 @@ fn stalled_sink_bounds_memory_and_stops_the_transport() {
             seen.set(seen.get().max(splice.buffered_in()));
         }
     }));
-    harness.start(write_end, Direction::In, Framing::Stream, HWM, true).unwrap();
+    harness
+        .start(write_end, Direction::In, Framing::Stream, HWM, true)
+        .unwrap();
 
     // No thread reads the pipe: the pump must stop the transport, and the peer
     // must stall with most of its data unsent.
     harness.run_until(TIMEOUT, |h| h.state.borrow().times_stopped_reading > 0);
     let stall_started = Instant::now();
-    harness.run_until(TIMEOUT, |_| stall_started.elapsed() > Duration::from_millis(1500));
+    harness.run_until(TIMEOUT, |_| {
+        stall_started.elapsed() > Duration::from_millis(1500)
+    });
     let sent_at_stall = progress.load(Ordering::SeqCst);
-    harness.run_until(TIMEOUT, |_| stall_started.elapsed() > Duration::from_millis(2000));
-    assert!(!harness.state.borrow().reading, "the transport is still read");
-    assert_eq!(progress.load(Ordering::SeqCst), sent_at_stall, "the peer was not blocked");
-    assert!(sent_at_stall < data.len() / 2, "the peer sent {sent_at_stall} bytes into a stalled sink");
+    harness.run_until(TIMEOUT, |_| {
+        stall_started.elapsed() > Duration::from_millis(2000)
+    });
+    assert!(
+        !harness.state.borrow().reading,
+        "the transport is still read"
+    );
+    assert_eq!(
+        progress.load(Ordering::SeqCst),
+        sent_at_stall,
+        "the peer was not blocked"
+    );
+    assert!(
+        sent_at_stall < data.len() / 2,
+        "the peer sent {sent_at_stall} bytes into a stalled sink"
+    );
     let buffered = harness.splice.as_ref().unwrap().buffered_in();
     assert!(buffered <= HWM + MAX_RECORD, "{buffered} bytes buffered");
 
     let reader = std::thread::spawn(move || read_all_with_stalls(read_end, usize::MAX, 9));
     harness.run_until_closed(TIMEOUT);
-    assert_eq!(harness.events(), vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::In, Ok(())), Event::Closed]
+    );
     drop(harness);
     close(write_end);
     let received = reader.join().unwrap();
     peer_thread.join().unwrap();
     assert_eq!(received.len(), data.len());
     assert_eq!(sha256(&received), sha256(&data));
-    assert!(max_buffered.get() <= HWM + MAX_RECORD, "max buffered {}", max_buffered.get());
+    assert!(
+        max_buffered.get() <= HWM + MAX_RECORD,
+        "max buffered {}",
+        max_buffered.get()
+    );
 }

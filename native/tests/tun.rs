@@ -89,7 +89,12 @@ unsafe fn open_tun_in_new_namespace(name: &std::ffi::CStr) -> Result<(RawFd, lib
         *dst = *src as libc::c_char;
     }
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-    assert_eq!(libc::ioctl(tun, libc::TUNSETIFF, &mut ifr), 0, "{}", os_error("ioctl TUNSETIFF"));
+    assert_eq!(
+        libc::ioctl(tun, libc::TUNSETIFF, &mut ifr),
+        0,
+        "{}",
+        os_error("ioctl TUNSETIFF")
+    );
     Ok((tun, ifr))
 }
 
@@ -146,7 +151,13 @@ fn create_namespace() -> Result<Namespace, String> {
 
             let receiver = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let size: libc::c_int = 8 << 20;
-            libc::setsockopt(receiver, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                receiver,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
             let bind_to = sockaddr(LOCAL, LOCAL_PORT);
             if libc::bind(receiver, (&bind_to as *const libc::sockaddr_in).cast(), 16) != 0 {
                 setup(Err(os_error("bind")));
@@ -157,11 +168,22 @@ fn create_namespace() -> Result<Namespace, String> {
                 setup(Err(os_error("connect")));
             }
             let receiver6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            libc::setsockopt(receiver6, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                receiver6,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
             let bind_to6 = sockaddr6(LOCAL6, LOCAL_PORT);
             // The kernel may take a moment to make a new IPv6 address usable.
             let mut attempts = 0;
-            while libc::bind(receiver6, (&bind_to6 as *const libc::sockaddr_in6).cast(), 28) != 0 {
+            while libc::bind(
+                receiver6,
+                (&bind_to6 as *const libc::sockaddr_in6).cast(),
+                28,
+            ) != 0
+            {
                 let errno = std::io::Error::last_os_error().raw_os_error();
                 if errno != Some(libc::EADDRNOTAVAIL) || attempts == 200 {
                     setup(Err(os_error("bind (IPv6)")));
@@ -171,10 +193,21 @@ fn create_namespace() -> Result<Namespace, String> {
             }
             let sender6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let connect_to6 = sockaddr6(REMOTE6, REMOTE_PORT);
-            if libc::connect(sender6, (&connect_to6 as *const libc::sockaddr_in6).cast(), 28) != 0 {
+            if libc::connect(
+                sender6,
+                (&connect_to6 as *const libc::sockaddr_in6).cast(),
+                28,
+            ) != 0
+            {
                 setup(Err(os_error("connect (IPv6)")));
             }
-            Ok(Namespace { tun, receiver, sender, receiver6, sender6 })
+            Ok(Namespace {
+                tun,
+                receiver,
+                sender,
+                receiver6,
+                sender6,
+            })
         }
     })
     .join()
@@ -268,7 +301,10 @@ fn udp_payloads_in_stream(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut offset = 0;
     while offset < stream.len() {
         let rest = &stream[offset..];
-        let packet = Framing::Ip.parse(rest).expect("valid IP stream").expect("whole packet");
+        let packet = Framing::Ip
+            .parse(rest)
+            .expect("valid IP stream")
+            .expect("whole packet");
         let bytes = &rest[..packet.len];
         let (header, protocol) = match bytes[0] >> 4 {
             4 => (usize::from(bytes[0] & 0x0f) * 4, bytes[9]),
@@ -303,7 +339,13 @@ fn tun_device_carries_packets_both_ways() {
     let stream: Vec<u8> = to_tun
         .iter()
         .enumerate()
-        .flat_map(|(i, payload)| if i % 2 == 0 { udp_packet(payload, i as u16) } else { udp6_packet(payload) })
+        .flat_map(|(i, payload)| {
+            if i % 2 == 0 {
+                udp_packet(payload, i as u16)
+            } else {
+                udp6_packet(payload)
+            }
+        })
         .collect();
 
     let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
@@ -321,7 +363,10 @@ fn tun_device_carries_packets_both_ways() {
 
     let receive = |fd: RawFd, count: usize| {
         // A datagram the kernel dropped fails the test instead of hanging it.
-        let timeout = libc::timeval { tv_sec: 20, tv_usec: 0 };
+        let timeout = libc::timeval {
+            tv_sec: 20,
+            tv_usec: 0,
+        };
         // SAFETY: setting SO_RCVTIMEO on our own socket.
         unsafe {
             libc::setsockopt(
@@ -348,17 +393,36 @@ fn tun_device_carries_packets_both_ways() {
     let receiver6 = receive(namespace.receiver6, to_tun.len() / 2);
 
     let mut harness = Harness::new(host, host_sock);
-    harness.start(namespace.tun, Direction::Duplex, Framing::Ip, 64 * 1024, false).unwrap();
+    harness
+        .start(
+            namespace.tun,
+            Direction::Duplex,
+            Framing::Ip,
+            64 * 1024,
+            false,
+        )
+        .unwrap();
     // The TUN queue takes 500 packets (txqueuelen) and drops the rest, so
     // the sender waits for the pump after every 100 datagrams.
     for (i, payload) in from_tun.iter().enumerate() {
         // SAFETY: sending from a readable slice.
-        let sender = if i % 2 == 0 { namespace.sender } else { namespace.sender6 };
+        let sender = if i % 2 == 0 {
+            namespace.sender
+        } else {
+            namespace.sender6
+        };
         let n = unsafe { libc::send(sender, payload.as_ptr().cast(), payload.len(), 0) };
-        assert_eq!(n as usize, payload.len(), "{}", std::io::Error::last_os_error());
+        assert_eq!(
+            n as usize,
+            payload.len(),
+            "{}",
+            std::io::Error::last_os_error()
+        );
         let sent = i as u64 + 1;
         if sent % 100 == 0 {
-            harness.run_until(TIMEOUT, |h| h.splice.as_ref().unwrap().stats().packets_out >= sent);
+            harness.run_until(TIMEOUT, |h| {
+                h.splice.as_ref().unwrap().stats().packets_out >= sent
+            });
         }
     }
     let expected_in = to_tun.len() as u64;
@@ -378,13 +442,28 @@ fn tun_device_carries_packets_both_ways() {
     let received6 = receiver6.join().unwrap();
     let expected4: Vec<Vec<u8>> = to_tun.iter().step_by(2).cloned().collect();
     let expected6: Vec<Vec<u8>> = to_tun.iter().skip(1).step_by(2).cloned().collect();
-    assert!(received4 == expected4, "IPv4 datagrams from the TUN device differ");
-    assert!(received6 == expected6, "IPv6 datagrams from the TUN device differ");
+    assert!(
+        received4 == expected4,
+        "IPv4 datagrams from the TUN device differ"
+    );
+    assert!(
+        received6 == expected6,
+        "IPv6 datagrams from the TUN device differ"
+    );
     let result = peer_thread.join().unwrap();
     let sent_through = udp_payloads_in_stream(&result.received);
     assert_eq!(sent_through.len(), from_tun.len());
-    assert!(sent_through == from_tun, "packets read from the TUN device differ");
-    for fd in [namespace.tun, namespace.receiver, namespace.sender, namespace.receiver6, namespace.sender6] {
+    assert!(
+        sent_through == from_tun,
+        "packets read from the TUN device differ"
+    );
+    for fd in [
+        namespace.tun,
+        namespace.receiver,
+        namespace.sender,
+        namespace.receiver6,
+        namespace.sender6,
+    ] {
         close(fd);
     }
 }
@@ -402,17 +481,29 @@ fn create_rate_limited_device() -> Result<(RawFd, RawFd), String> {
             let (tun, mut ifr) = open_tun_in_new_namespace(c"splice1")?;
             let control = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            assert_eq!(libc::ioctl(control, libc::SIOCSIFFLAGS, &mut ifr), 0, "{}", os_error("SIOCSIFFLAGS"));
+            assert_eq!(
+                libc::ioctl(control, libc::SIOCSIFFLAGS, &mut ifr),
+                0,
+                "{}",
+                os_error("SIOCSIFFLAGS")
+            );
             libc::close(control);
 
             // A child process forked from this thread shares its namespace.
             let status = std::process::Command::new("tc")
-                .args(["qdisc", "add", "dev", "splice1", "root", "tbf", "rate", "2mbit", "burst", "3000", "limit", "3000"])
+                .args([
+                    "qdisc", "add", "dev", "splice1", "root", "tbf", "rate", "2mbit", "burst",
+                    "3000", "limit", "3000",
+                ])
                 .status()
                 .map_err(|err| format!("cannot run tc (iproute2): {err}"))?;
             assert!(status.success(), "tc qdisc add failed");
 
-            let packet = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, (libc::ETH_P_IP as u16).to_be() as i32);
+            let packet = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                (libc::ETH_P_IP as u16).to_be() as i32,
+            );
             assert!(packet >= 0, "{}", os_error("socket(AF_PACKET)"));
             let mut address: libc::sockaddr_ll = std::mem::zeroed();
             address.sll_family = libc::AF_PACKET as u16;
@@ -458,7 +549,11 @@ fn enobufs_from_a_busy_device_loses_no_packet() {
         let mut buf = vec![0u8; 2000];
         let deadline = std::time::Instant::now() + TIMEOUT;
         while received.len() < expected && std::time::Instant::now() < deadline {
-            let mut pfd = libc::pollfd { fd: tun, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: tun,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd; `buf` is writable.
             unsafe {
                 if libc::poll(&mut pfd, 1, 100) > 0 {
@@ -487,18 +582,33 @@ fn enobufs_from_a_busy_device_loses_no_packet() {
     };
     let peer_thread = std::thread::spawn(move || run_peer(peer, peer_sock, plan));
     let mut harness = Harness::new(host, host_sock);
-    harness.start(packet_socket, Direction::In, Framing::Ip, 64 * 1024, false).unwrap();
+    harness
+        .start(packet_socket, Direction::In, Framing::Ip, 64 * 1024, false)
+        .unwrap();
     harness.run_until_closed(TIMEOUT);
-    assert_eq!(harness.events(), vec![Event::Ended(Side::In, Ok(())), Event::Closed]);
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::In, Ok(())), Event::Closed]
+    );
     let retries = harness.splice.as_ref().unwrap().nobufs_retries();
     drop(harness);
     peer_thread.join().unwrap();
 
     let received = reader.join().unwrap();
-    assert!(retries > 0, "the device never answered ENOBUFS; the retry path was not exercised");
+    assert!(
+        retries > 0,
+        "the device never answered ENOBUFS; the retry path was not exercised"
+    );
     assert_eq!(received.len(), packets.len(), "packets were lost");
     for (i, (got, want)) in received.iter().zip(&packets).enumerate() {
-        assert!(got == want, "packet {i} differs: got {} bytes {:02x?}, expected {} bytes {:02x?}", got.len(), &got[..got.len().min(32)], want.len(), &want[..want.len().min(32)]);
+        assert!(
+            got == want,
+            "packet {i} differs: got {} bytes {:02x?}, expected {} bytes {:02x?}",
+            got.len(),
+            &got[..got.len().min(32)],
+            want.len(),
+            &want[..want.len().min(32)]
+        );
     }
     close(tun);
     close(packet_socket);

@@ -45,7 +45,9 @@ pub fn build_node(layout: &Layout, opts: &Options) -> Result<PathBuf> {
     std::fs::create_dir_all(&layout.logs)?;
     let log = layout.logs.join("ninja.log");
     let jobs = opts.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     });
     let mut command = Command::new("ninja");
     command
@@ -105,7 +107,9 @@ pub fn run_node(layout: &Layout, args: &[String]) -> Result<()> {
     if !status.success() {
         use std::os::unix::process::ExitStatusExt;
         // A shell reports death by signal N as 128 + N.
-        let code = status.code().or_else(|| status.signal().map(|signal| 128 + signal));
+        let code = status
+            .code()
+            .or_else(|| status.signal().map(|signal| 128 + signal));
         std::process::exit(code.unwrap_or(1));
     }
     Ok(())
@@ -144,13 +148,21 @@ fn prepare_ccache(sh: &Shell, layout: &Layout, seed: Option<&str>) -> Result<()>
 fn ccache_counts(sh: &Shell, layout: &Layout) -> Option<(u64, u64)> {
     let dir = &layout.ccache;
     let _env = sh.push_env("CCACHE_DIR", dir);
-    let text = cmd!(sh, "ccache --print-stats").quiet().ignore_stderr().read().ok()?;
+    let text = cmd!(sh, "ccache --print-stats")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()?;
     let mut hits = 0;
     let mut misses = 0;
     for line in text.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(key), Some(value)) = (parts.next(), parts.next()) else { continue };
-        let Ok(value) = value.parse::<u64>() else { continue };
+        let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
         match key {
             "direct_cache_hit" | "preprocessed_cache_hit" => hits += value,
             "cache_miss" => misses += value,
@@ -218,6 +230,11 @@ fn configure(sh: &Shell, layout: &Layout, state: &mut State) -> Result<bool> {
         if relevant {
             hasher.update(line.as_bytes());
             hasher.update([b'\n']);
+        } else if path.starts_with("lib/") {
+            // configure.py lists lib/ into config.gypi: names matter, not
+            // contents.
+            hasher.update(path.as_bytes());
+            hasher.update([b'\n']);
         }
     }
     let hash = hex(&hasher.finalize());
@@ -268,7 +285,10 @@ fn build_native(sh: &Shell, layout: &Layout, state: &State) -> Result<bool> {
     // bytes, and so node's link, the same for every clone.
     let remap = format!("--remap-path-prefix={}=/tls-splice", repo.display());
     let _rustflags = sh.push_env("RUSTFLAGS", &remap);
-    let _cxxflags = sh.push_env("CXXFLAGS", format!("-ffile-prefix-map={}=/tls-splice", repo.display()));
+    let _cxxflags = sh.push_env(
+        "CXXFLAGS",
+        format!("-ffile-prefix-map={}=/tls-splice", repo.display()),
+    );
     eprintln!("build-node: building the native static library");
     cmd!(
         sh,
@@ -280,7 +300,10 @@ fn build_native(sh: &Shell, layout: &Layout, state: &State) -> Result<bool> {
     .context("cargo build of native/ failed")?;
 
     let out = layout.tree.join(NATIVE_OUT);
-    let mut changed = install_if_changed(&target.join("release").join(LIBRARY_NAME), &out.join(LIBRARY_NAME))?;
+    let mut changed = install_if_changed(
+        &target.join("release").join(LIBRARY_NAME),
+        &out.join(LIBRARY_NAME),
+    )?;
     let bridge = target.join("cxxbridge");
     let headers = [
         (bridge.join("rust/cxx.h"), out.join("include/rust/cxx.h")),

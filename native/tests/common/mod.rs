@@ -34,15 +34,25 @@ pub enum Cipher {
     Tls12Chacha20,
 }
 
-pub const ALL_CIPHERS: [Cipher; 4] =
-    [Cipher::Tls13Aes128Gcm, Cipher::Tls13Chacha20, Cipher::Tls12Aes128Gcm, Cipher::Tls12Chacha20];
+pub const ALL_CIPHERS: [Cipher; 4] = [
+    Cipher::Tls13Aes128Gcm,
+    Cipher::Tls13Chacha20,
+    Cipher::Tls12Aes128Gcm,
+    Cipher::Tls12Chacha20,
+];
 
 fn context(cipher: Cipher, server: bool) -> SslContext {
-    let method = if server { SslMethod::tls_server() } else { SslMethod::tls_client() };
+    let method = if server {
+        SslMethod::tls_server()
+    } else {
+        SslMethod::tls_client()
+    };
     let mut builder = SslContextBuilder::new(method).unwrap();
     match cipher {
         Cipher::Tls13Aes128Gcm | Cipher::Tls13Chacha20 => {
-            builder.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+            builder
+                .set_min_proto_version(Some(SslVersion::TLS1_3))
+                .unwrap();
             let suite = if matches!(cipher, Cipher::Tls13Aes128Gcm) {
                 "TLS_AES_128_GCM_SHA256"
             } else {
@@ -51,7 +61,9 @@ fn context(cipher: Cipher, server: bool) -> SslContext {
             builder.set_ciphersuites(suite).unwrap();
         }
         Cipher::Tls12Aes128Gcm | Cipher::Tls12Chacha20 => {
-            builder.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+            builder
+                .set_max_proto_version(Some(SslVersion::TLS1_2))
+                .unwrap();
             let list = if matches!(cipher, Cipher::Tls12Aes128Gcm) {
                 "ECDHE-ECDSA-AES128-GCM-SHA256"
             } else {
@@ -71,8 +83,10 @@ fn context(cipher: Cipher, server: bool) -> SslContext {
         cert.set_subject_name(&name).unwrap();
         cert.set_issuer_name(&name).unwrap();
         cert.set_pubkey(&key).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
         cert.sign(&key, MessageDigest::sha256()).unwrap();
         builder.set_private_key(&key).unwrap();
         builder.set_certificate(&cert.build()).unwrap();
@@ -116,7 +130,14 @@ impl Endpoint {
 
     pub fn pending_out(&self) -> usize {
         // SAFETY: the BIO lives as long as the SSL.
-        unsafe { ossl::BIO_ctrl(self.wbio, 10 /* BIO_CTRL_PENDING in bio.h */, 0, std::ptr::null_mut()) as usize }
+        unsafe {
+            ossl::BIO_ctrl(
+                self.wbio,
+                10, /* BIO_CTRL_PENDING in bio.h */
+                0,
+                std::ptr::null_mut(),
+            ) as usize
+        }
     }
 
     /// Moves encrypted output into `out`.
@@ -128,7 +149,8 @@ impl Endpoint {
         let start = out.len();
         out.resize(start + pending, 0);
         // SAFETY: `out` has room for `pending` bytes.
-        let n = unsafe { ossl::BIO_read(self.wbio, out[start..].as_mut_ptr().cast(), pending as i32) };
+        let n =
+            unsafe { ossl::BIO_read(self.wbio, out[start..].as_mut_ptr().cast(), pending as i32) };
         out.truncate(start + n.max(0) as usize);
     }
 
@@ -143,7 +165,14 @@ impl Endpoint {
     pub fn set_eof(&self) {
         // SAFETY: BIO_CTRL_SET_MEM_EOF_RETURN sets what an empty BIO returns;
         // 0 means EOF.
-        unsafe { ossl::BIO_ctrl(self.rbio, ossl::BIO_C_SET_BUF_MEM_EOF_RETURN, 0, std::ptr::null_mut()) };
+        unsafe {
+            ossl::BIO_ctrl(
+                self.rbio,
+                ossl::BIO_C_SET_BUF_MEM_EOF_RETURN,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
     }
 }
 
@@ -283,7 +312,11 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + plan.timeout;
     loop {
-        assert!(Instant::now() < deadline, "peer timed out: sent {sent}, received {}", received.len());
+        assert!(
+            Instant::now() < deadline,
+            "peer timed out: sent {sent}, received {}",
+            received.len()
+        );
         // Encrypt while the socket keeps up.
         while sent < plan.send.len() && out.len() - out_pos < 256 * 1024 {
             let n = 1 + rng.below(plan.max_write.min(plan.send.len() - sent));
@@ -306,7 +339,10 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
                 if plan.reset {
                     // Let the bytes leave before the RST discards the queue.
                     std::thread::sleep(Duration::from_millis(100));
-                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
                     // SAFETY: setting SO_LINGER on our own socket.
                     unsafe {
                         libc::setsockopt(
@@ -319,7 +355,11 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
                     };
                 }
                 drop(sock);
-                return PeerResult { received, got_close_notify, got_eof };
+                return PeerResult {
+                    received,
+                    got_close_notify,
+                    got_eof,
+                };
             }
             if plan.close_after_send {
                 // SAFETY: valid session.
@@ -332,8 +372,10 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
             match (&sock).write(&out[out_pos..]) {
                 Ok(n) => out_pos += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe
-                    || e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::BrokenPipe
+                        || e.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
                     out_pos = out.len();
                 }
                 Err(e) => panic!("peer write failed: {e}"),
@@ -362,7 +404,9 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
         }
         loop {
             // SAFETY: `buf` is writable.
-            let n = unsafe { ossl::SSL_read(endpoint.ptr(), buf.as_mut_ptr().cast(), buf.len() as i32) };
+            let n = unsafe {
+                ossl::SSL_read(endpoint.ptr(), buf.as_mut_ptr().cast(), buf.len() as i32)
+            };
             if n > 0 {
                 received.extend_from_slice(&buf[..n as usize]);
                 continue;
@@ -377,7 +421,11 @@ pub fn run_peer(endpoint: Endpoint, sock: TcpStream, plan: PeerPlan) -> PeerResu
         endpoint.take_out(&mut out);
         let done_sending = sent == plan.send.len() && out.is_empty();
         if done_sending && (got_close_notify || got_eof) {
-            return PeerResult { received, got_close_notify, got_eof };
+            return PeerResult {
+                received,
+                got_close_notify,
+                got_eof,
+            };
         }
         let mut pfd = libc::pollfd {
             fd,
@@ -588,8 +636,22 @@ impl Harness {
     }
 
     /// Starts a splice on `fd` with the given options.
-    pub fn start(&mut self, fd: RawFd, direction: Direction, framing: Framing, high_water_mark: usize, end: bool) -> Result<(), SpliceError> {
-        self.start_with(Config { fd, direction, framing, high_water_mark, end, auto_close: false })
+    pub fn start(
+        &mut self,
+        fd: RawFd,
+        direction: Direction,
+        framing: Framing,
+        high_water_mark: usize,
+        end: bool,
+    ) -> Result<(), SpliceError> {
+        self.start_with(Config {
+            fd,
+            direction,
+            framing,
+            high_water_mark,
+            end,
+            auto_close: false,
+        })
     }
 
     /// Starts a splice with every option given.
@@ -630,7 +692,9 @@ impl Harness {
     }
 
     fn spliced_in(&self) -> bool {
-        self.splice.as_ref().is_some_and(|s| s.config().direction.has_in() && !s.is_closed())
+        self.splice
+            .as_ref()
+            .is_some_and(|s| s.config().direction.has_in() && !s.is_closed())
     }
 
     fn handle_tcp(&mut self, status: i32, events: i32) {
@@ -655,7 +719,8 @@ impl Harness {
             if n > 0 {
                 self.state.borrow().endpoint.put_in(&buf[..n as usize]);
                 self.deliver_tls_input();
-            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+            {
                 // Like TLSWrap, the read BIO is not marked as ended: the
                 // pump learns of the EOF from on_transport_eof.
                 self.tcp_eof = true;
@@ -694,7 +759,13 @@ impl Harness {
         let mut buf = [0u8; 16 * 1024];
         loop {
             // SAFETY: `buf` is writable.
-            let n = unsafe { ossl::SSL_read(state.endpoint.ptr(), buf.as_mut_ptr().cast(), buf.len() as i32) };
+            let n = unsafe {
+                ossl::SSL_read(
+                    state.endpoint.ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                )
+            };
             if n <= 0 {
                 break;
             }
@@ -710,7 +781,11 @@ impl Harness {
                 return;
             }
             if Instant::now() >= deadline {
-                let splice = self.splice.as_ref().map(|s| s.describe()).unwrap_or_default();
+                let splice = self
+                    .splice
+                    .as_ref()
+                    .map(|s| s.describe())
+                    .unwrap_or_default();
                 let state = self.state.borrow();
                 panic!(
                     "loop timed out; events so far: {:?}; {splice}; host: reading={} backlog={} tcp_events={}",
@@ -734,7 +809,9 @@ impl Harness {
 
     /// Runs until the splice reported `Closed`.
     pub fn run_until_closed(&mut self, timeout: Duration) {
-        self.run_until(timeout, |h| h.state.borrow().events.contains(&Event::Closed));
+        self.run_until(timeout, |h| {
+            h.state.borrow().events.contains(&Event::Closed)
+        });
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -770,7 +847,17 @@ pub fn pipe() -> (RawFd, RawFd) {
 pub fn socketpair(kind: i32) -> (RawFd, RawFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                kind | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        },
+        0
+    );
     (fds[0], fds[1])
 }
 
