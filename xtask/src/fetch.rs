@@ -77,8 +77,8 @@ impl Sources {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -155,7 +155,11 @@ fn download_debian(sh: &Shell, layout: &Layout, source: &DebianSource) -> Result
     let parts = layout.apt.join("sources.list.d");
     let lists = layout.apt.join("lists");
     let cache = layout.apt.join("cache");
-    for dir in [&parts, &lists.join("partial"), &cache.join("archives/partial")] {
+    for dir in [
+        &parts,
+        &lists.join("partial"),
+        &cache.join("archives/partial"),
+    ] {
         std::fs::create_dir_all(dir)?;
     }
     let entries = derive_deb_src_entries(&source.suites)?;
@@ -180,15 +184,22 @@ fn download_debian(sh: &Shell, layout: &Layout, source: &DebianSource) -> Result
         .context("apt-get update with the private deb-src list failed")?;
 
     let spec = format!("{}={}", source.package, source.version);
-    eprintln!("fetch-node: downloading {} ({}) with apt-get source", source.file, describe_size(source.size));
+    eprintln!(
+        "fetch-node: downloading {} ({}) with apt-get source",
+        source.file,
+        describe_size(source.size)
+    );
     let _dir = sh.push_dir(&dest_dir);
     // Only the .orig tarball is served; the .dsc and the Debian tarball
     // return 404, so apt-get exits non-zero although the tarball arrived.
     // The file and its hash decide.
-    let output = cmd!(sh, "apt-get -q {apt_opts_ref...} source --download-only {spec}")
-        .quiet()
-        .ignore_status()
-        .output()?;
+    let output = cmd!(
+        sh,
+        "apt-get -q {apt_opts_ref...} source --download-only {spec}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
     if !dest.is_file() {
         bail!(
             "apt-get source did not produce {}:\n{}",
@@ -213,7 +224,9 @@ fn derive_deb_src_entries(suites: &[String]) -> Result<String> {
         }
     }
     for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         let name = file.to_string_lossy().to_string();
         if name.ends_with(".sources") {
             for stanza in text.split("\n\n") {
@@ -242,7 +255,9 @@ fn derive_deb_src_entries(suites: &[String]) -> Result<String> {
         } else if name.ends_with(".list") {
             for line in text.lines() {
                 let line = line.trim();
-                let Some(rest) = line.strip_prefix("deb ") else { continue };
+                let Some(rest) = line.strip_prefix("deb ") else {
+                    continue;
+                };
                 let mut signed_by = None;
                 let mut words: Vec<&str> = Vec::new();
                 let rest = if let Some(options) = rest.trim().strip_prefix('[') {
@@ -293,13 +308,23 @@ fn download_pypi(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}=={}", package.name, package.version);
-    eprintln!("fetch-node: downloading {spec} from PyPI ({})", describe_size(package.size));
+    eprintln!(
+        "fetch-node: downloading {spec} from PyPI ({})",
+        describe_size(package.size)
+    );
     // One package per call: pip download of several sdists at once failed here.
-    let binary_flag: &[&str] = if package.sdist { &["--no-binary", ":all:"] } else { &[] };
-    cmd!(sh, "python3 -m pip download --quiet --no-deps {binary_flag...} -d {dest_dir} {spec}")
-        .quiet()
-        .run()
-        .with_context(|| format!("pip download {spec} failed"))?;
+    let binary_flag: &[&str] = if package.sdist {
+        &["--no-binary", ":all:"]
+    } else {
+        &[]
+    };
+    cmd!(
+        sh,
+        "python3 -m pip download --quiet --no-deps {binary_flag...} -d {dest_dir} {spec}"
+    )
+    .quiet()
+    .run()
+    .with_context(|| format!("pip download {spec} failed"))?;
     verify(&dest, &package.sha256)?;
     eprintln!("fetch-node: {} verified", package.file);
     Ok(())
@@ -313,7 +338,10 @@ fn download_crate(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> 
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}@{}", package.name, package.version);
-    eprintln!("fetch-node: downloading crate {spec} ({})", describe_size(package.size));
+    eprintln!(
+        "fetch-node: downloading crate {spec} ({})",
+        describe_size(package.size)
+    );
     // `cargo info` stores the .crate file in cargo's registry cache.
     cmd!(sh, "cargo info --quiet {spec}")
         .quiet()
@@ -330,7 +358,13 @@ fn download_crate(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> 
         .flatten()
         .map(|entry| entry.path().join(&package.file))
         .find(|path| path.is_file())
-        .with_context(|| format!("{} not found under {}", package.file, registry_cache.display()))?;
+        .with_context(|| {
+            format!(
+                "{} not found under {}",
+                package.file,
+                registry_cache.display()
+            )
+        })?;
     std::fs::copy(&found, &dest)?;
     verify(&dest, &package.sha256)?;
     eprintln!("fetch-node: {} verified", package.file);
@@ -345,7 +379,10 @@ fn download_npm(sh: &Shell, layout: &Layout, package: &Package) -> Result<()> {
     }
     std::fs::create_dir_all(&dest_dir)?;
     let spec = format!("{}@{}", package.name, package.version);
-    eprintln!("fetch-node: downloading npm package {spec} ({})", describe_size(package.size));
+    eprintln!(
+        "fetch-node: downloading npm package {spec} ({})",
+        describe_size(package.size)
+    );
     let _dir = sh.push_dir(&dest_dir);
     cmd!(sh, "npm pack --quiet {spec}")
         .quiet()

@@ -57,9 +57,11 @@ fn head(sh: &Shell, dir: &std::path::Path) -> Result<String> {
 /// Lists tracked files with uncommitted changes in the build tree.
 fn dirty_files(sh: &Shell, layout: &Layout) -> Result<String> {
     let tree = &layout.tree;
-    Ok(cmd!(sh, "git -C {tree} status --porcelain --untracked-files=no")
-        .quiet()
-        .read()?)
+    Ok(
+        cmd!(sh, "git -C {tree} status --porcelain --untracked-files=no")
+            .quiet()
+            .read()?,
+    )
 }
 
 /// Applies `patches/` (or no patch with `no_patches`) to the build tree and
@@ -71,7 +73,11 @@ pub fn apply(layout: &Layout, no_patches: bool) -> Result<String> {
         .base_commit
         .clone()
         .context("no source tree yet; run `cargo xtask fetch-node`")?;
-    let files = if no_patches { Vec::new() } else { patch_files(layout)? };
+    let files = if no_patches {
+        Vec::new()
+    } else {
+        patch_files(layout)?
+    };
     let hash = patches_hash(&base, &files)?;
     let tree = &layout.tree;
     let current = head(&sh, tree)?;
@@ -105,23 +111,38 @@ pub fn apply(layout: &Layout, no_patches: bool) -> Result<String> {
     let am = &layout.am_worktree;
     if !am.join(".git").exists() {
         cmd!(sh, "git -C {tree} worktree prune").quiet().run()?;
-        cmd!(sh, "git -C {tree} worktree add -q --detach {am} base").quiet().run()?;
+        cmd!(sh, "git -C {tree} worktree add -q --detach {am} base")
+            .quiet()
+            .run()?;
     }
-    cmd!(sh, "git -C {am} checkout -q -f --detach base").quiet().run()?;
+    cmd!(sh, "git -C {am} checkout -q -f --detach base")
+        .quiet()
+        .run()?;
     let _identity = git_identity(&sh);
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        let output = cmd!(sh, "git -C {am} am --3way --committer-date-is-author-date {file}")
-            .quiet()
-            .ignore_status()
-            .output()?;
+        let output = cmd!(
+            sh,
+            "git -C {am} am --3way --committer-date-is-author-date {file}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()?;
         if !output.status.success() {
-            let _ = cmd!(sh, "git -C {am} am --abort").quiet().ignore_status().run();
+            let _ = cmd!(sh, "git -C {am} am --abort")
+                .quiet()
+                .ignore_status()
+                .run();
             // git's own advice (`git am --continue`) does not apply: the
             // attempt was made, and aborted, in a private worktree.
             let details: String = [output.stdout, output.stderr]
                 .iter()
-                .flat_map(|bytes| String::from_utf8_lossy(bytes).lines().map(str::to_string).collect::<Vec<_>>())
+                .flat_map(|bytes| {
+                    String::from_utf8_lossy(bytes)
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
                 .filter(|line| !line.starts_with("hint:") && !line.contains("git am --"))
                 .map(|line| format!("  {line}\n"))
                 .collect();
@@ -136,7 +157,9 @@ pub fn apply(layout: &Layout, no_patches: bool) -> Result<String> {
     }
     let patched = head(&sh, am)?;
     if patched != current {
-        cmd!(sh, "git -C {tree} checkout -q --detach {patched}").quiet().run()?;
+        cmd!(sh, "git -C {tree} checkout -q --detach {patched}")
+            .quiet()
+            .run()?;
     }
     state.patches_hash = Some(hash);
     state.patched_commit = Some(patched.clone());
@@ -179,10 +202,16 @@ pub fn export(layout: &Layout) -> Result<()> {
     // The exported files now describe HEAD; record that so the next build
     // does not re-apply them.
     let mut state = layout.load_state()?;
-    let base = state.base_commit.clone().context("no base commit recorded")?;
+    let base = state
+        .base_commit
+        .clone()
+        .context("no base commit recorded")?;
     state.patches_hash = Some(patches_hash(&base, &patch_files(layout)?)?);
     state.patched_commit = Some(head(&sh, tree)?);
     layout.save_state(&state)?;
-    eprintln!("patches export: wrote {count} patch file(s) to {}", out_dir.display());
+    eprintln!(
+        "patches export: wrote {count} patch file(s) to {}",
+        out_dir.display()
+    );
     Ok(())
 }

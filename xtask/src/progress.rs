@@ -36,12 +36,14 @@ fn parse_status(line: &str) -> Option<(usize, usize)> {
 /// Runs `command` (a ninja invocation), writes its whole output to `log`,
 /// and prints a progress line at most every `interval`.
 pub fn run_ninja(mut command: Command, log: &Path, interval: Duration) -> Result<NinjaRun> {
-    let mut log_file = std::fs::File::create(log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let mut log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     command.env("NINJA_STATUS", "[%f/%t] ");
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let started = Instant::now();
-    let mut child = command.spawn().context("cannot start ninja; is ninja-build installed?")?;
+    let mut child = command
+        .spawn()
+        .context("cannot start ninja; is ninja-build installed?")?;
     let stdout = child.stdout.take().unwrap();
     let mut last_print = Instant::now();
     let mut steps = (0, 0);
@@ -59,13 +61,19 @@ pub fn run_ninja(mut command: Command, log: &Path, interval: Duration) -> Result
                 let elapsed = started.elapsed();
                 let eta = if done > 0 {
                     let per_step = elapsed.as_secs_f64() / done as f64;
-                    format!(", about {} left", format_duration(Duration::from_secs_f64(per_step * (total - done) as f64)))
+                    format!(
+                        ", about {} left",
+                        format_duration(Duration::from_secs_f64(per_step * (total - done) as f64))
+                    )
                 } else {
                     String::new()
                 };
                 let step = line.split_once("] ").map(|(_, rest)| rest).unwrap_or("");
                 let step: String = step.chars().take(70).collect();
-                eprintln!("build-node: [{done}/{total}] {}{eta}: {step}", format_duration(elapsed));
+                eprintln!(
+                    "build-node: [{done}/{total}] {}{eta}: {step}",
+                    format_duration(elapsed)
+                );
             }
         } else if line.starts_with("FAILED:") || in_failure {
             in_failure = true;
@@ -79,7 +87,11 @@ pub fn run_ninja(mut command: Command, log: &Path, interval: Duration) -> Result
         let first_lines: Vec<&String> = failure_lines.iter().take(60).collect();
         bail!(
             "ninja failed ({status}); the first lines of the failure:\n{}\nfull log: {}",
-            first_lines.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+            first_lines
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
             log.display()
         );
     }

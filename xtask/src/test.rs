@@ -77,7 +77,11 @@ pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
     }
 
     let wants_node = tiers.contains(&2) || tiers.contains(&3);
-    let node = if wants_node { node_for_tests(layout, opts, &mut not_run)? } else { None };
+    let node = if wants_node {
+        node_for_tests(layout, opts, &mut not_run)?
+    } else {
+        None
+    };
     if let Some(node) = &node {
         if tiers.contains(&2) {
             let (counts, failures) = tier2(layout, node, opts)?;
@@ -104,7 +108,10 @@ pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
             }
             // Failures recorded in the baseline are expected: the total
             // counts them as neither passed nor failed.
-            total += Counts { failed: new_failures.len(), ..counts };
+            total += Counts {
+                failed: new_failures.len(),
+                ..counts
+            };
         }
     }
 
@@ -117,7 +124,10 @@ pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
     for problem in &problems {
         println!("FAILED: {problem}");
     }
-    println!("total: {} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     if !problems.is_empty() {
         bail!("{} problem(s); see FAILED lines above", problems.len());
     }
@@ -126,7 +136,11 @@ pub fn run_tests(layout: &Layout, opts: &Options) -> Result<()> {
 
 /// Returns the binary for tiers 2 and 3, rebuilding it incrementally when a
 /// complete build exists. Without one, records why the tiers did not run.
-fn node_for_tests(layout: &Layout, opts: &Options, not_run: &mut Vec<String>) -> Result<Option<PathBuf>> {
+fn node_for_tests(
+    layout: &Layout,
+    opts: &Options,
+    not_run: &mut Vec<String>,
+) -> Result<Option<PathBuf>> {
     let state = layout.load_state()?;
     let binary = layout.node_binary();
     if !state.full_build_done || !binary.exists() {
@@ -145,7 +159,10 @@ fn node_for_tests(layout: &Layout, opts: &Options, not_run: &mut Vec<String>) ->
         }
         return Ok(Some(binary));
     }
-    let build_opts = Options { jobs: opts.jobs, ..Options::default() };
+    let build_opts = Options {
+        jobs: opts.jobs,
+        ..Options::default()
+    };
     Ok(Some(build::build_node(layout, &build_opts)?))
 }
 
@@ -162,12 +179,17 @@ fn tier1(layout: &Layout) -> Result<Counts> {
     let mut counts = Counts::default();
     let mut saw_result = false;
     for line in stdout.lines() {
-        let Some(rest) = line.strip_prefix("test result: ") else { continue };
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
         saw_result = true;
         let number = |word: &str| -> usize {
             rest.split(';')
                 .find_map(|part| {
-                    let part = part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ");
+                    let part = part
+                        .trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ");
                     part.strip_suffix(word).and_then(|n| n.trim().parse().ok())
                 })
                 .unwrap_or(0)
@@ -217,9 +239,11 @@ fn parse_tap(text: &str) -> Vec<(String, Outcome, String)> {
             None => (name_part.trim(), None),
         };
         let outcome = match (ok, directive) {
-            (_, Some(d)) if d.to_ascii_lowercase().starts_with("skip") => {
-                Outcome::Skip(d.trim_start_matches(|c: char| c.is_ascii_alphabetic()).trim().to_string())
-            }
+            (_, Some(d)) if d.to_ascii_lowercase().starts_with("skip") => Outcome::Skip(
+                d.trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .trim()
+                    .to_string(),
+            ),
             (true, _) => Outcome::Pass,
             (false, _) => Outcome::Fail,
         };
@@ -228,11 +252,29 @@ fn parse_tap(text: &str) -> Vec<(String, Outcome, String)> {
     results
 }
 
-fn run_test_py(layout: &Layout, node: &Path, patterns: &[String], opts: &Options) -> Result<Vec<(String, Outcome, String)>> {
-    let jobs = opts.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+fn run_test_py(
+    layout: &Layout,
+    node: &Path,
+    patterns: &[String],
+    opts: &Options,
+) -> Result<Vec<(String, Outcome, String)>> {
+    let jobs = opts.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let output = Command::new("python3")
         .current_dir(&layout.tree)
-        .args(["tools/test.py", "-p", "tap", "--timeout", "240", "-j", &jobs.to_string(), "--shell"])
+        .args([
+            "tools/test.py",
+            "-p",
+            "tap",
+            "--timeout",
+            "240",
+            "-j",
+            &jobs.to_string(),
+            "--shell",
+        ])
         .arg(node)
         .args(patterns)
         .output()
@@ -263,7 +305,11 @@ fn read_installed(layout: &Layout) -> Vec<String> {
 
 /// Runs Node's own test-tls-* files, leaving out the copies of node-tests/
 /// that tier 2 puts into the same folder, from this checkout or another.
-fn node_tls_tests(layout: &Layout, node: &Path, opts: &Options) -> Result<Vec<(String, Outcome, String)>> {
+fn node_tls_tests(
+    layout: &Layout,
+    node: &Path,
+    opts: &Options,
+) -> Result<Vec<(String, Outcome, String)>> {
     let mut ours: Vec<String> = std::fs::read_dir(layout.repo.join("node-tests"))
         .map(|entries| {
             entries
@@ -273,7 +319,10 @@ fn node_tls_tests(layout: &Layout, node: &Path, opts: &Options) -> Result<Vec<(S
         })
         .unwrap_or_default();
     ours.extend(read_installed(layout));
-    let ours: Vec<String> = ours.iter().map(|name| name.trim_end_matches(".js").to_string()).collect();
+    let ours: Vec<String> = ours
+        .iter()
+        .map(|name| name.trim_end_matches(".js").to_string())
+        .collect();
     let results = run_test_py(layout, node, &[TLS_PATTERN.to_string()], opts)?;
     Ok(results
         .into_iter()
@@ -339,11 +388,14 @@ fn tier2(layout: &Layout, node: &Path, opts: &Options) -> Result<(Counts, Vec<St
 /// baseline does not list.
 fn tier3(layout: &Layout, node: &Path, opts: &Options) -> Result<(Counts, Vec<String>)> {
     let path = baseline_path(layout);
-    let baseline: Baseline = serde_json::from_str(
-        &std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}; record it with `cargo xtask baseline`", path.display()))?,
-    )
-    .with_context(|| format!("invalid {}", path.display()))?;
+    let baseline: Baseline =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; record it with `cargo xtask baseline`",
+                path.display()
+            )
+        })?)
+        .with_context(|| format!("invalid {}", path.display()))?;
     let results = node_tls_tests(layout, node, opts)?;
     let mut counts = Counts::default();
     let mut new_failures = Vec::new();
@@ -409,7 +461,10 @@ pub fn record_baseline(layout: &Layout, opts: &Options) -> Result<()> {
                 baseline.skipped.insert(name, reason);
             }
             Outcome::Fail => {
-                let recorded_reason = previous.as_ref().and_then(|p| p.failing.get(&name)).cloned();
+                let recorded_reason = previous
+                    .as_ref()
+                    .and_then(|p| p.failing.get(&name))
+                    .cloned();
                 let reason = recorded_reason.unwrap_or_else(|| {
                     let first = output
                         .lines()

@@ -40,7 +40,10 @@ pub fn ensure_tree(layout: &Layout, opts: &Options) -> Result<State> {
 
     let started = Instant::now();
     if layout.tree.exists() {
-        eprintln!("fetch-node: removing the incomplete tree {}", layout.tree.display());
+        eprintln!(
+            "fetch-node: removing the incomplete tree {}",
+            layout.tree.display()
+        );
         std::fs::remove_dir_all(&layout.tree)?;
     }
     if layout.am_worktree.exists() {
@@ -129,10 +132,20 @@ fn copy_upstream_dir(sh: &Shell, src: &Path, dest: &Path) -> Result<()> {
             src.display()
         );
     }
-    eprintln!("fetch-node: copying {} to {}", src.display(), dest.display());
+    eprintln!(
+        "fetch-node: copying {} to {}",
+        src.display(),
+        dest.display()
+    );
     std::fs::create_dir_all(dest)?;
     cmd!(sh, "cp -a --no-preserve=ownership {src}/. {dest}/").run()?;
-    for generated in ["out", ".git", "config.gypi", "config.status", "icu_config.gypi"] {
+    for generated in [
+        "out",
+        ".git",
+        "config.gypi",
+        "config.status",
+        "icu_config.gypi",
+    ] {
         let path = dest.join(generated);
         if path.is_dir() {
             std::fs::remove_dir_all(&path)?;
@@ -169,7 +182,11 @@ fn single_subdir(dir: &Path) -> Result<PathBuf> {
         .filter(|path| path.is_dir())
         .collect();
     if dirs.len() != 1 {
-        bail!("expected one folder in {}, found {}", dir.display(), dirs.len());
+        bail!(
+            "expected one folder in {}, found {}",
+            dir.display(),
+            dirs.len()
+        );
     }
     Ok(dirs.remove(0))
 }
@@ -183,9 +200,13 @@ fn unpack(sh: &Shell, layout: &Layout, kind: &str, file: &str) -> Result<PathBuf
     }
     std::fs::create_dir_all(&dest)?;
     if file.ends_with(".whl") {
-        cmd!(sh, "python3 -m zipfile -e {archive} {dest}").quiet().run()?;
+        cmd!(sh, "python3 -m zipfile -e {archive} {dest}")
+            .quiet()
+            .run()?;
     } else {
-        cmd!(sh, "tar --no-same-owner -xzf {archive} -C {dest}").quiet().run()?;
+        cmd!(sh, "tar --no-same-owner -xzf {archive} -C {dest}")
+            .quiet()
+            .run()?;
     }
     Ok(dest)
 }
@@ -209,36 +230,58 @@ fn build_static_deps(sh: &Shell, layout: &Layout, sources: &Sources) -> Result<(
     let llhttp = unpack(sh, layout, "pypi", &sources.pypi("llhttp")?.file)?;
     let llhttp_lib = single_subdir(&llhttp)?.join("lib");
     eprintln!("fetch-node: compiling llhttp");
-    static_library(sh, "gcc", &[], &objects.join("llhttp"), &lib.join("libllhttp.a"), &[
-        llhttp_lib.join("api.c"),
-        llhttp_lib.join("http.c"),
-        llhttp_lib.join("llhttp.c"),
-    ])?;
+    static_library(
+        sh,
+        "gcc",
+        &[],
+        &objects.join("llhttp"),
+        &lib.join("libllhttp.a"),
+        &[
+            llhttp_lib.join("api.c"),
+            llhttp_lib.join("http.c"),
+            llhttp_lib.join("llhttp.c"),
+        ],
+    )?;
     copy_into(&llhttp_lib.join("llhttp.h"), &include)?;
 
     let ada = unpack(sh, layout, "pypi", &sources.pypi("ada-url")?.file)?;
     let ada_src = single_subdir(&ada)?.join("ada_url");
     eprintln!("fetch-node: compiling ada");
-    static_library(sh, "g++", &["-std=c++20"], &objects.join("ada"), &lib.join("libada.a"), &[
-        ada_src.join("ada.cpp"),
-    ])?;
+    static_library(
+        sh,
+        "g++",
+        &["-std=c++20"],
+        &objects.join("ada"),
+        &lib.join("libada.a"),
+        &[ada_src.join("ada.cpp")],
+    )?;
     copy_into(&ada_src.join("ada.h"), &include)?;
     copy_into(&ada_src.join("ada_c.h"), &include)?;
 
     let simdutf = unpack(sh, layout, "crates", &sources.crate_("simdutf")?.file)?;
     let simdutf_src = single_subdir(&simdutf)?.join("cpp");
     eprintln!("fetch-node: compiling simdutf");
-    static_library(sh, "g++", &["-std=c++20"], &objects.join("simdutf"), &lib.join("libsimdutf.a"), &[
-        simdutf_src.join("simdutf.cpp"),
-    ])?;
+    static_library(
+        sh,
+        "g++",
+        &["-std=c++20"],
+        &objects.join("simdutf"),
+        &lib.join("libsimdutf.a"),
+        &[simdutf_src.join("simdutf.cpp")],
+    )?;
     copy_into(&simdutf_src.join("simdutf.h"), &include)?;
 
     let simdjson = unpack(sh, layout, "crates", &sources.crate_("simdjson-sys")?.file)?;
     let simdjson_src = single_subdir(&simdjson)?.join("vendor/simdjson");
     eprintln!("fetch-node: compiling simdjson");
-    static_library(sh, "g++", &["-std=c++20"], &objects.join("simdjson"), &lib.join("libsimdjson.a"), &[
-        simdjson_src.join("simdjson.cpp"),
-    ])?;
+    static_library(
+        sh,
+        "g++",
+        &["-std=c++20"],
+        &objects.join("simdjson"),
+        &lib.join("libsimdjson.a"),
+        &[simdjson_src.join("simdjson.cpp")],
+    )?;
     copy_into(&simdjson_src.join("simdjson.h"), &include)?;
 
     let pycares = unpack(sh, layout, "pypi", &sources.pypi("pycares")?.file)?;
@@ -256,7 +299,10 @@ fn build_static_deps(sh: &Shell, layout: &Layout, sources: &Sources) -> Result<(
     .quiet()
     .ignore_stdout()
     .run()?;
-    cmd!(sh, "ninja -C {cares_build} install").quiet().ignore_stdout().run()?;
+    cmd!(sh, "ninja -C {cares_build} install")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
     Ok(())
 }
 
@@ -274,9 +320,12 @@ fn static_library(
         let stem = source.file_stem().context("source file without a name")?;
         let object = object_dir.join(stem).with_extension("o");
         let include_dir = source.parent().context("source file without a folder")?;
-        cmd!(sh, "{compiler} -O2 -fPIC {flags...} -I{include_dir} -c {source} -o {object}")
-            .quiet()
-            .run()?;
+        cmd!(
+            sh,
+            "{compiler} -O2 -fPIC {flags...} -I{include_dir} -c {source} -o {object}"
+        )
+        .quiet()
+        .run()?;
         objects.push(object);
     }
     cmd!(sh, "ar rcs {archive} {objects...}").quiet().run()?;
@@ -306,7 +355,9 @@ fn assemble_from_registries(sh: &Shell, layout: &Layout, sources: &Sources) -> R
     }
     std::fs::create_dir_all(&staging)?;
     eprintln!("fetch-node: unpacking {}", debian.file);
-    cmd!(sh, "tar --no-same-owner -xf {tarball} -C {staging}").quiet().run()?;
+    cmd!(sh, "tar --no-same-owner -xf {tarball} -C {staging}")
+        .quiet()
+        .run()?;
     std::fs::rename(single_subdir(&staging)?, tree)?;
 
     // gyp and the `packaging` module it imports, where configure.py and
@@ -320,7 +371,11 @@ fn assemble_from_registries(sh: &Shell, layout: &Layout, sources: &Sources) -> R
     let acorn = unpack(sh, layout, "npm", &sources.npm("acorn")?.file)?;
     copy_dir(sh, &acorn.join("package"), &tree.join("deps/acorn/acorn"))?;
     let walk = unpack(sh, layout, "npm", &sources.npm("acorn-walk")?.file)?;
-    copy_dir(sh, &walk.join("package"), &tree.join("deps/acorn/acorn-walk"))?;
+    copy_dir(
+        sh,
+        &walk.join("package"),
+        &tree.join("deps/acorn/acorn-walk"),
+    )?;
 
     let lexer = unpack(sh, layout, "npm", &sources.npm("cjs-module-lexer")?.file)?;
     let lexer_dest = tree.join("deps/cjs-module-lexer");
@@ -332,8 +387,11 @@ fn assemble_from_registries(sh: &Shell, layout: &Layout, sources: &Sources) -> R
     let esbuild = unpack(sh, layout, "npm", &sources.npm("@esbuild/linux-x64")?.file)?
         .join("package/bin/esbuild");
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
-        bail!("the pinned esbuild binary is for linux-x64 only; this machine is {}-{}",
-            std::env::consts::OS, std::env::consts::ARCH);
+        bail!(
+            "the pinned esbuild binary is for linux-x64 only; this machine is {}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
     }
 
     // minimatch: bundle the CommonJS build with its two dependencies.
@@ -411,14 +469,24 @@ fn commit_base(sh: &Shell, layout: &Layout) -> Result<String> {
         sh.push_env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z"),
         sh.push_env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z"),
     ];
-    cmd!(sh, "git -C {tree} init -q -b pristine").quiet().run()?;
-    // -f: the tarball contains files that Node's .gitignore lists.
-    cmd!(sh, "git -C {tree} add -A -f .").quiet().run()?;
-    cmd!(sh, "git -C {tree} commit -q --no-verify -m 'Node.js v22.22.2 source tree'")
+    cmd!(sh, "git -C {tree} init -q -b pristine")
         .quiet()
         .run()?;
-    cmd!(sh, "git -C {tree} tag -f base").quiet().ignore_stdout().run()?;
-    cmd!(sh, "git -C {tree} worktree add -q --detach {am} base").quiet().run()?;
+    // -f: the tarball contains files that Node's .gitignore lists.
+    cmd!(sh, "git -C {tree} add -A -f .").quiet().run()?;
+    cmd!(
+        sh,
+        "git -C {tree} commit -q --no-verify -m 'Node.js v22.22.2 source tree'"
+    )
+    .quiet()
+    .run()?;
+    cmd!(sh, "git -C {tree} tag -f base")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    cmd!(sh, "git -C {tree} worktree add -q --detach {am} base")
+        .quiet()
+        .run()?;
     let commit = cmd!(sh, "git -C {tree} rev-parse HEAD").quiet().read()?;
     Ok(commit)
 }
