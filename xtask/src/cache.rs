@@ -36,6 +36,8 @@ pub struct Layout {
     /// Cargo target folder for the static library linked into `node`.
     pub target: PathBuf,
     pub logs: PathBuf,
+    /// Scratch folders of commands that hold the lock, such as `demo`.
+    pub tmp: PathBuf,
     pub state_file: PathBuf,
 }
 
@@ -64,6 +66,7 @@ impl Layout {
             ccache: root.join("ccache"),
             target: root.join("target"),
             logs: root.join("logs"),
+            tmp: root.join("tmp"),
             state_file: root.join("state.json"),
             root,
         })
@@ -87,7 +90,10 @@ impl Layout {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                eprintln!("xtask: waiting for another xtask run that uses {}", self.root.display());
+                eprintln!(
+                    "xtask: waiting for another xtask run that uses {}",
+                    self.root.display()
+                );
                 file.lock()?;
             }
             Err(std::fs::TryLockError::Error(err)) => {
@@ -99,10 +105,16 @@ impl Layout {
 
     pub fn load_state(&self) -> Result<State> {
         match std::fs::read(&self.state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("corrupt state file {}; delete it to start over", self.state_file.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "corrupt state file {}; delete it to start over",
+                    self.state_file.display()
+                )
+            }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(err) => Err(err).with_context(|| format!("cannot read {}", self.state_file.display())),
+            Err(err) => {
+                Err(err).with_context(|| format!("cannot read {}", self.state_file.display()))
+            }
         }
     }
 

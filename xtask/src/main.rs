@@ -3,6 +3,7 @@
 
 mod build;
 mod cache;
+mod demo;
 mod fetch;
 mod patches;
 mod progress;
@@ -21,6 +22,9 @@ Commands:
   build-node          apply patches/, build native/ and build the patched node
   node -- ARGS        run the patched node with ARGS
   test                run the test tiers: cargo test, node-tests/, Node's test-tls-*
+  demo                build node as build-node does, then splice a TLS 1.3 session
+                      with openssl s_server into a UNIX socketpair, move data
+                      both ways and compare SHA-256 digests (the main job)
   patches export      write the commits of the build tree back into patches/
   patches apply       apply patches/ to the build tree without building
   baseline            record Node's test-tls-* results of the unpatched build
@@ -30,14 +34,19 @@ Options:
   --cache-dir DIR     where sources, builds and the compiler cache live
                       (default: $TLS_SPLICE_CACHE_DIR, else ~/.cache/node-tls-splice)
   --node-src DIR      use a complete upstream Node.js source tree instead of
-                      assembling one from registry packages (fetch-node, build-node)
+                      assembling one from registry packages (fetch-node, build-node, demo)
   --node-tarball FILE use an upstream release tarball (node-v22.22.2.tar.gz or .xz)
   --no-patches        build-node: build the tree without patches/ (for `baseline`)
-  --ccache-seed FILE  build-node: unpack this ccache archive (a tar of a ccache
+  --ccache-seed FILE  build-node, demo: unpack this ccache archive (a tar of a ccache
                       folder from an earlier build) into an empty compiler cache
   --jobs N            parallel compile jobs (default: number of CPUs)
   --tier LIST         test: comma-separated tiers to run, e.g. 1,3 (default: 1,2,3)
-  --no-build          test: do not rebuild node before tiers 2 and 3
+  --no-build          test, demo: do not rebuild node (test also requires a
+                      binary built from the current patches)
+  --bytes N           demo: bytes to send in each direction (default: 256M);
+                      K, M and G mean KiB, MiB and GiB
+  --timeout SECS      demo: seconds allowed for the transfer, after which
+                      node and s_server are killed (default: 120)
 ";
 
 /// Command-line options shared by the commands.
@@ -51,6 +60,10 @@ pub struct Options {
     pub jobs: Option<usize>,
     pub tiers: Option<Vec<u8>>,
     pub no_build: bool,
+    /// Bytes that `demo` sends in each direction.
+    pub bytes: Option<u64>,
+    /// Seconds that `demo` allows for the transfer.
+    pub timeout_secs: Option<u64>,
     /// Arguments after `--`, passed to `node`.
     pub rest: Vec<String>,
 }
@@ -84,13 +97,27 @@ fn run() -> Result<()> {
             "--no-patches" => opts.no_patches = true,
             "--ccache-seed" => opts.ccache_seed = Some(value("--ccache-seed")?),
             "--no-build" => opts.no_build = true,
+            "--bytes" => opts.bytes = Some(demo::parse_byte_count(&value("--bytes")?)?),
+            "--timeout" => {
+                let text = value("--timeout")?;
+                let secs = text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|secs| *secs > 0)
+                    .with_context(|| {
+                        format!("invalid --timeout value {text:?}: expected a positive integer")
+                    })?;
+                opts.timeout_secs = Some(secs);
+            }
             "--jobs" | "-j" => {
                 let text = value("--jobs")?;
                 let jobs = text
                     .parse::<usize>()
                     .ok()
                     .filter(|jobs| *jobs > 0)
-                    .with_context(|| format!("invalid --jobs value {text:?}: expected a positive integer"))?;
+                    .with_context(|| {
+                        format!("invalid --jobs value {text:?}: expected a positive integer")
+                    })?;
                 opts.jobs = Some(jobs);
             }
             "--tier" => {
@@ -127,7 +154,11 @@ fn run() -> Result<()> {
     }
     let layout = cache::Layout::new(&opts)?;
     // `node` only reads the binary; everything else may change the tree.
-    let _lock = if command.as_slice() == ["node"] { None } else { Some(layout.lock()?) };
+    let _lock = if command.as_slice() == ["node"] {
+        None
+    } else {
+        Some(layout.lock()?)
+    };
     match command.as_slice() {
         ["fetch-node"] => {
             tree::ensure_tree(&layout, &opts)?;
@@ -138,18 +169,11 @@ fn run() -> Result<()> {
             println!("{}", node.display());
             Ok(())
         }
-        ["node"] => {
-            build::run_node(&layout, &opts.rest)
-        }
-        ["test"] => {
-            test::run_tests(&layout, &opts)
-        }
-        ["baseline"] => {
-            test::record_baseline(&layout, &opts)
-        }
-        ["patches", "export"] => {
-            patches::export(&layout)
-        }
+        ["node"] => build::run_node(&layout, &opts.rest),
+        ["test"] => test::run_tests(&layout, &opts),
+        ["demo"] => demo::run_demo(&layout, &opts),
+        ["baseline"] => test::record_baseline(&layout, &opts),
+        ["patches", "export"] => patches::export(&layout),
         ["patches", "apply"] => {
             tree::ensure_tree(&layout, &opts)?;
             patches::apply(&layout, opts.no_patches)?;
