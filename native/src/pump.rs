@@ -38,6 +38,9 @@ const READS_PER_CALLBACK: usize = 64;
 /// Delay before retrying a packet write that failed with ENOBUFS or ENOSPC.
 /// The fd polls writable in that state, so polling would spin.
 const NOBUFS_RETRY_MS: u64 = 1;
+/// POLLERR reports in a row after which the pump gives up with EIO, because
+/// retrying the I/O did not surface the error.
+const MAX_POLL_ERRORS: u32 = 3;
 
 /// Directions of the session that a splice moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +220,8 @@ pub struct Splice {
     fd_is_socket: bool,
     /// Packet writes retried after ENOBUFS or ENOSPC, for traces and tests.
     nobufs_retries: u64,
+    /// POLLERR reports in a row without other events; see `handle_poll`.
+    poll_errors: u32,
     released: bool,
     closed: bool,
 }
@@ -359,6 +364,7 @@ impl Splice {
             saved_flags,
             fd_is_socket: socket_type(fd).is_some(),
             nobufs_retries: 0,
+            poll_errors: 0,
             released: false,
             closed: false,
         });
@@ -552,15 +558,31 @@ impl Splice {
         if self.released {
             return;
         }
+        let mut events = events;
         if status < 0 {
-            let error = SpliceError::Fd {
-                syscall: "poll",
-                errno: -status,
-                fd: self.config.fd,
-            };
-            self.fail_decrypt(error);
-            self.fail_encrypt(error);
-            return;
+            // libuv reports POLLERR as UV_EBADF and stops the handle. On a
+            // valid fd the error belongs to the I/O itself (a pipe whose
+            // reader left, a socket with SO_ERROR set), so the pump tries
+            // the I/O it was waiting for and reports that call's errno.
+            let pollerr = status == uv::uv_errno_t_UV_EBADF;
+            // SAFETY: F_GETFD only inspects the descriptor.
+            let valid = unsafe { libc::fcntl(self.config.fd, libc::F_GETFD) } >= 0;
+            self.polled_events = 0;
+            self.poll_errors += 1;
+            if !pollerr || !valid || self.poll_errors > MAX_POLL_ERRORS {
+                let errno = if pollerr && valid { libc::EIO } else { -status };
+                let error = SpliceError::Fd {
+                    syscall: "poll",
+                    errno,
+                    fd: self.config.fd,
+                };
+                self.fail_decrypt(error);
+                self.fail_encrypt(error);
+                return;
+            }
+            events = (uv::uv_poll_event_UV_READABLE | uv::uv_poll_event_UV_WRITABLE) as i32;
+        } else {
+            self.poll_errors = 0;
         }
         if events & uv::uv_poll_event_UV_WRITABLE as i32 != 0 {
             if let Some(d) = &mut self.decrypt {
