@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds a patched Node.js, runs the three test tiers and
 //! manages the patch set. Run `cargo xtask help` for the commands.
 
+mod bench;
 mod build;
 mod cache;
 mod demo;
@@ -25,6 +26,8 @@ Commands:
   demo                build node as build-node does, then splice a TLS 1.3 session
                       with openssl s_server into a UNIX socketpair, move data
                       both ways and compare SHA-256 digests (the main job)
+  bench               compare spliceTo with JavaScript pumps, socat and a C forwarder
+                      on the patched node; writes doc/benchmarks.{md,json,svg}
   patches export      write the commits of the build tree back into patches/
   patches apply       apply patches/ to the build tree without building
   baseline            record Node's test-tls-* results of the unpatched build
@@ -45,6 +48,10 @@ Options:
                       binary built from the current patches)
   --bytes N           demo: bytes to send in each direction (default: 256M);
                       K, M and G mean KiB, MiB and GiB
+  --quick             bench: small sizes and 2 runs, a smoke check of about a minute;
+                      writes into the cache folder's tmp/bench/out unless --write
+  --write             bench: write a --quick run's results into doc/ as well
+  --runs N            bench: runs of each measurement (default: 5, with --quick 2)
   --timeout SECS      demo: seconds allowed for the transfer, after which
                       node and s_server are killed (default: 120)
 ";
@@ -64,6 +71,12 @@ pub struct Options {
     pub bytes: Option<u64>,
     /// Seconds that `demo` allows for the transfer.
     pub timeout_secs: Option<u64>,
+    /// `bench`: small sizes and few runs.
+    pub quick: bool,
+    /// `bench`: write a quick run's results into doc/.
+    pub write: bool,
+    /// `bench`: runs of each measurement.
+    pub runs: Option<usize>,
     /// Arguments after `--`, passed to `node`.
     pub rest: Vec<String>,
 }
@@ -97,6 +110,19 @@ fn run() -> Result<()> {
             "--no-patches" => opts.no_patches = true,
             "--ccache-seed" => opts.ccache_seed = Some(value("--ccache-seed")?),
             "--no-build" => opts.no_build = true,
+            "--quick" => opts.quick = true,
+            "--write" => opts.write = true,
+            "--runs" => {
+                let text = value("--runs")?;
+                let runs = text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|runs| *runs > 0)
+                    .with_context(|| {
+                        format!("invalid --runs value {text:?}: expected a positive integer")
+                    })?;
+                opts.runs = Some(runs);
+            }
             "--bytes" => opts.bytes = Some(demo::parse_byte_count(&value("--bytes")?)?),
             "--timeout" => {
                 let text = value("--timeout")?;
@@ -172,6 +198,7 @@ fn run() -> Result<()> {
         ["node"] => build::run_node(&layout, &opts.rest),
         ["test"] => test::run_tests(&layout, &opts),
         ["demo"] => demo::run_demo(&layout, &opts),
+        ["bench"] => bench::run_bench(&layout, &opts),
         ["baseline"] => test::record_baseline(&layout, &opts),
         ["patches", "export"] => patches::export(&layout),
         ["patches", "apply"] => {
