@@ -131,6 +131,8 @@ pub mod bridge {
         /// Queues cleartext decrypted before the splice started; see
         /// `Splice::push_decrypted`.
         fn push_decrypted(self: &mut NativeSplice, data: &[u8]);
+        /// Holds the encrypt direction back; see `Splice::hold_encrypt`.
+        fn hold_encrypt(self: &mut NativeSplice, held: bool);
         fn on_tls_input(self: &mut NativeSplice);
         fn on_transport_eof(self: &mut NativeSplice);
         fn on_encrypted_drained(self: &mut NativeSplice);
@@ -277,6 +279,12 @@ impl NativeSplice {
     fn push_decrypted(&mut self, data: &[u8]) {
         if let Some(splice) = &mut self.splice {
             splice.push_decrypted(data);
+        }
+    }
+
+    fn hold_encrypt(&mut self, held: bool) {
+        if let Some(splice) = &mut self.splice {
+            splice.hold_encrypt(held);
         }
     }
 

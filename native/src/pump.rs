@@ -160,6 +160,9 @@ enum EncryptState {
 
 struct Encrypt {
     state: EncryptState,
+    /// The host holds the direction back (writes of its own still go
+    /// first); nothing is read from the fd meanwhile.
+    held: bool,
     buf: Box<[u8]>,
     /// End of the bytes read from the fd; `buf[written..pending]` is not yet
     /// accepted by `SSL_write`. The bytes contain `pending_payload` bytes
@@ -343,6 +346,7 @@ impl Splice {
         });
         let encrypt = config.direction.has_out().then(|| Encrypt {
             state: EncryptState::Running,
+            held: false,
             buf: vec![0; encrypt_buffer_size(config.framing, high_water_mark)].into_boxed_slice(),
             pending: 0,
             written: 0,
@@ -540,6 +544,21 @@ impl Splice {
     /// written are handed back with `Host::give_back`, and the fd is
     /// released. Directions that had not ended report nothing: the host
     /// takes them back. Idempotent.
+    /// Holds the encrypt direction back, or lets it go. The host holds it
+    /// while writes of its own, made before the splice started, are still
+    /// on their way, so that they reach the transport before fd input.
+    pub fn hold_encrypt(&mut self, held: bool) {
+        let Some(e) = &mut self.encrypt else { return };
+        if e.held == held {
+            return;
+        }
+        e.held = held;
+        if !held && e.state == EncryptState::Running {
+            self.run_encrypt(true);
+        }
+        self.update_poll();
+    }
+
     pub fn stop(&mut self) {
         if self.released {
             return;
@@ -915,6 +934,9 @@ impl Splice {
     }
 
     fn run_encrypt(&mut self, flush: bool) {
+        if matches!(&self.encrypt, Some(e) if e.held) {
+            return;
+        }
         let mut reads = 0;
         loop {
             let Some(e) = &mut self.encrypt else { return };
@@ -1145,7 +1167,7 @@ impl Splice {
             return;
         }
         let mut events = 0;
-        if matches!(&self.encrypt, Some(e) if e.state == EncryptState::Running) {
+        if matches!(&self.encrypt, Some(e) if e.state == EncryptState::Running && !e.held) {
             events |= uv::uv_poll_event_UV_READABLE as i32;
         }
         if matches!(&self.decrypt, Some(d) if !d.done && d.blocked == Some(Blocked::Writable)) {
