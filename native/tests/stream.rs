@@ -257,3 +257,53 @@ fn stalled_sink_bounds_memory_and_stops_the_transport() {
         max_buffered.get()
     );
 }
+
+#[test]
+fn held_encrypt_direction_reads_nothing_until_released() {
+    let data = random_bytes(256 * 1024, 41);
+    let (host, host_sock, peer, peer_sock) = connect(Cipher::Tls13Aes128Gcm);
+    let peer_thread = std::thread::spawn(move || {
+        run_peer(peer, peer_sock, PeerPlan::sending(Vec::new(), 40_000, 6))
+    });
+    let (read_end, write_end) = pipe();
+    // 64 KiB fit into the pipe, so this write does not wait for a reader.
+    let first = &data[..64 * 1024];
+    // SAFETY: writing our own buffer to our own pipe.
+    let written = unsafe { libc::write(write_end, first.as_ptr().cast(), first.len()) };
+    assert_eq!(written, first.len() as isize);
+
+    let mut harness = Harness::new(host, host_sock);
+    harness
+        .start(read_end, Direction::Out, Framing::Stream, HWM, true)
+        .unwrap();
+    let splice = harness.splice.as_mut().unwrap();
+    splice.hold_encrypt(true);
+    // The entry points that resume the direction must not read the fd
+    // while it is held, and the fd must not be polled, although it is
+    // readable.
+    splice.on_encrypted_drained();
+    splice.on_tls_input();
+    assert_eq!(splice.stats().bytes_out, 0);
+    assert!(
+        splice.describe().contains("polled=0"),
+        "{}",
+        splice.describe()
+    );
+
+    harness.splice.as_mut().unwrap().hold_encrypt(false);
+    let rest = data[64 * 1024..].to_vec();
+    let writer = std::thread::spawn(move || {
+        write_all_chunked(write_end, &rest, 7);
+        close(write_end);
+    });
+    harness.run_until_closed(TIMEOUT);
+    writer.join().unwrap();
+    assert_eq!(
+        harness.events(),
+        vec![Event::Ended(Side::Out, Ok(())), Event::Closed]
+    );
+    let result = peer_thread.join().unwrap();
+    drop(harness);
+    close(read_end);
+    assert_eq!(sha256(&result.received), sha256(&data));
+}
