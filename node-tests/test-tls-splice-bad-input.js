@@ -231,6 +231,14 @@ async function testInvalidStates() {
       client.pipeToNative(other.writeFd, { direction: 'in' }),
       { code: 'ERR_INVALID_STATE' });
 
+    // One fd cannot serve two splices: libuv would watch it twice.
+    assert.throws(
+      () => client.spliceTo({ fd: fifo.writeFd, direction: 'out' }),
+      { code: 'ERR_INVALID_ARG_VALUE', message: /options\.fd.*'duplex'/ });
+    await assert.rejects(
+      client.pipeToNative(fifo.writeFd, { direction: 'out' }),
+      { code: 'ERR_INVALID_ARG_VALUE', message: /'fd' is used/ });
+
     const spliceOut = client.spliceTo({ fd: other.readFd, direction: 'out' });
     spliceOut.start();
     await Promise.all([spliceIn.stop(), spliceOut.stop()]);

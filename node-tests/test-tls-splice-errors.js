@@ -244,6 +244,30 @@ const childScenarios = {
     assert.ok(handle.stats.bytesOut >= RESET_UP_SIZE);
   },
 
+  // A duplex splice on fd 3 whose other end the parent closes while the
+  // server sends: the write fails and the read sees EOF in the same poll
+  // round. The error ends the splice; the 'out' direction neither reports
+  // an end nor sends close_notify, so JS still writes to the socket.
+  async 'fd closed in duplex'(port) {
+    const client = await connectClient(port);
+    client.on('error', common.mustNotCall());
+    const handle = client.spliceTo({ fd: CHILD_FD });
+    let error;
+    handle.on('error', common.mustCall((err) => {
+      error = err;
+    }));
+    const events = recordEvents(handle);
+    handle.start();
+
+    assert.deepStrictEqual(await events, [`error ${error.code}`, 'close']);
+    assert.ok(['EPIPE', 'ECONNRESET'].includes(error.code), error.code);
+    assert.strictEqual(error.fd, CHILD_FD);
+    assert.strictEqual(client.writableEnded, false);
+    client.end(TRAILER);
+    client.resume();
+    await once(client, 'end');
+  },
+
   // The whole TLS connection runs in the child, through a proxy that drops
   // the server's close_notify. fd 3 gets every byte, but its write side is
   // not shut down, so the parent sees the bytes written afterwards.
@@ -318,6 +342,25 @@ async function testPeerReset() {
   // reports EOF, which the splice would rightly call a truncation.
   peer.write(randomBytes(256 * 1024));
   socket._parent.resetAndDestroy();
+  await exited;
+}
+
+async function testFdClosedInDuplex() {
+  const { port, connected } = await startServer();
+  const { peer, exited } = spawnChild(['fd closed in duplex', port]);
+  peer.on('error', () => {});
+  const socket = await connected;
+  // The first bytes reach fd 3; then its other end goes away while the
+  // server still sends.
+  const down = randomBytes(4 * 1024 * 1024);
+  const first = readBytes(peer, 1);
+  socket.write(down);
+  await first;
+  peer.destroy();
+  socket.on('error', () => {});
+  const trailer = readAll(socket);
+  socket.end();
+  assertSameBytes(await trailer, TRAILER, 'bytes the server received');
   await exited;
 }
 
@@ -513,6 +556,7 @@ async function main() {
   await testSinkClosedBeforeStart();
   await testSinkClosedDuringTransfer();
   await testPeerReset();
+  await testFdClosedInDuplex();
   await testTlsErrorAndAlert('TLSv1.2');
   await testTlsErrorAndAlert('TLSv1.3');
   await testTruncation('TLSv1.2');

@@ -212,6 +212,38 @@ async function testStartWithBufferedData() {
   assert.strictEqual(handle.stats.bytesIn, sent.length);
 }
 
+// With setEncoding(), the socket's decoder holds the first bytes of a
+// character that the next chunk completes. A splice started after the first
+// 'data' event writes those bytes to the fd before the rest, and JS gets no
+// replacement character for them later.
+async function testStartWithPartialCharacter() {
+  const { client, server } = await connectPair();
+  const { readFd, writeFd } = openFifo();
+  const sink = new net.Socket({ fd: readFd, readable: true, writable: false });
+  const sinkData = readAll(sink);
+  // U+1F600 is F0 9F 98 80 in UTF-8; the first write ends inside it.
+  const text = Buffer.from('a\u{1F600}b');
+  client.setEncoding('utf8');
+
+  let handle;
+  let closed;
+  client.once('data', common.mustCall((chunk) => {
+    assert.strictEqual(chunk, 'a');
+    handle = client.spliceTo({ fd: writeFd, direction: 'in', autoClose: true });
+    closed = watchHandle(handle, 'in');
+    handle.start();
+    client.on('data', common.mustNotCall('spliced data reached JS'));
+  }));
+
+  server.write(text.subarray(0, 3));
+  server.end(text.subarray(3));
+  server.resume();
+
+  assertSameBytes(await sinkData, text.subarray(1));
+  await closed;
+  assert.strictEqual(handle.stats.bytesIn, text.length - 1);
+}
+
 // A large tlsSocket.write() is still in progress when start() runs in the
 // same tick. The peer receives all of it before the bytes the fd already
 // holds, and the write callback runs exactly once.
@@ -364,6 +396,7 @@ async function testJsReadsWhileOutSpliced() {
 async function main() {
   await testStartInDataHandler();
   await testStartWithBufferedData();
+  await testStartWithPartialCharacter();
   await testPendingWriteFirst();
   await testDuplexStartWaitsForWrite();
   await testWriteWhileSplicedWaits();

@@ -96,7 +96,7 @@ impl fmt::Display for SpliceError {
             ),
             SpliceError::InvalidPacket { fd, len } => write!(
                 f,
-                "{len} bytes read from fd {fd} are not one whole IPv4 or IPv6 packet"
+                "a read of {len} byte(s) from fd {fd} is not one whole IPv4 or IPv6 packet"
             ),
             SpliceError::Framing(error) => error.fmt(f),
             SpliceError::PartialPacket { offset, len } => write!(

@@ -229,6 +229,8 @@ pub struct Splice {
     nobufs_retries: u64,
     /// POLLERR reports in a row without other events; see `handle_poll`.
     poll_errors: u32,
+    /// A direction ended with an error.
+    failed: bool,
     released: bool,
     closed: bool,
 }
@@ -383,6 +385,7 @@ impl Splice {
             fd_is_socket: socket_type(fd).is_some(),
             nobufs_retries: 0,
             poll_errors: 0,
+            failed: false,
             released: false,
             closed: false,
         });
@@ -890,6 +893,7 @@ impl Splice {
         }
         d.done = true;
         d.blocked = None;
+        self.failed = true;
         let resume = d.transport_stopped;
         d.transport_stopped = false;
         // The socket stays usable after an fd error: JS gets the bytes that
@@ -958,7 +962,15 @@ impl Splice {
                 }
             }
             if self.encrypt.as_ref().unwrap().eof {
-                self.finish_encrypt();
+                if self.failed {
+                    // EOF after the other direction failed: the host stops
+                    // the splice, so this direction neither sends
+                    // close_notify nor reports a clean end.
+                    self.encrypt.as_mut().unwrap().state = EncryptState::Done;
+                    self.release_if_done();
+                } else {
+                    self.finish_encrypt();
+                }
                 break;
             }
             let brake = self.encrypt_brake();
@@ -1123,6 +1135,7 @@ impl Splice {
             return;
         }
         e.state = EncryptState::Done;
+        self.failed = true;
         self.host.direction_ended(Side::Out, Err(error));
         self.release_if_done();
     }
