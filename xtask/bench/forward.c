@@ -9,14 +9,18 @@
  *   DIRECTION  in (TLS -> fd), out (fd -> TLS) or duplex
  *   FRAMING    stream, or length16: the fd is a packet socket and each
  *              packet travels on the TLS stream after its length as a 16-bit
- *              big-endian integer
+ *              big-endian integer, or ip: the fd is a TUN device and the
+ *              TLS stream carries bare IPv4 or IPv6 packets, cut by the
+ *              length in their headers
  *   FD         the descriptor to forward to and from
  *
  * Exits 0 when every direction has ended (close_notify or EOF), 1 on any
- * error, with a message on stderr.
+ * error, with a message on stderr. A TUN device has no EOF, so with ip
+ * framing the forwarder exits at the peer's close_notify.
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -105,6 +109,37 @@ static ssize_t read_packets(int fd, unsigned char *buffer) {
   return (ssize_t)used;
 }
 
+/* Reads the IP packets waiting on the TUN device `fd`, which must be
+   non-blocking, at least one, until they fill a TLS record. Returns the
+   bytes stored, or 0 if no packet was waiting. */
+static ssize_t read_ip_packets(int fd, unsigned char *buffer) {
+  size_t used = 0;
+  while (used < kRecordSize) {
+    ssize_t length = read(fd, buffer + used, kMaxPacketSize);
+    if (length < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        break;
+      die("read from fd %d failed: %s", fd, strerror(errno));
+    }
+    used += (size_t)length;
+  }
+  return (ssize_t)used;
+}
+
+/* Returns the length of the IP packet at `data` from its header, given at
+   least 6 bytes of it. */
+static size_t ip_packet_length(const unsigned char *data) {
+  int version = data[0] >> 4;
+  if (version == 4)
+    return ((size_t)data[2] << 8) | data[3];
+  if (version == 6)
+    return 40 + (((size_t)data[4] << 8) | data[5]);
+  die("IP version %d at the start of a packet", version);
+  return 0;
+}
+
 /* Returns the number of bytes read, or 0 at close_notify. */
 static size_t ssl_read_some(SSL *ssl, unsigned char *buffer, size_t size) {
   size_t length = 0;
@@ -122,19 +157,23 @@ struct Reassembly {
   size_t length;
 };
 
-/* Appends decrypted bytes and writes every whole packet to `fd`. */
-static void deliver_packets(struct Reassembly *pending, int fd,
+/* Appends decrypted bytes and writes every whole packet to `fd`, one
+   write per packet. With `ip` the packets are bare IP packets, else each
+   follows its 16-bit length. */
+static void deliver_packets(struct Reassembly *pending, int fd, int ip,
                             const unsigned char *data, size_t length) {
   memcpy(pending->data + pending->length, data, length);
   pending->length += length;
   size_t offset = 0;
-  while (pending->length - offset >= 2) {
-    size_t packet = ((size_t)pending->data[offset] << 8) |
-                    pending->data[offset + 1];
-    if (pending->length - offset < 2 + packet)
+  size_t prefix = ip ? 0 : 2;
+  while (pending->length - offset >= (ip ? 6 : 2)) {
+    const unsigned char *start = pending->data + offset;
+    size_t packet = ip ? ip_packet_length(start)
+                       : ((size_t)start[0] << 8) | start[1];
+    if (pending->length - offset < prefix + packet)
       break;
-    write_all(fd, pending->data + offset + 2, packet);
-    offset += 2 + packet;
+    write_all(fd, start + prefix, packet);
+    offset += prefix + packet;
   }
   memmove(pending->data, pending->data + offset, pending->length - offset);
   pending->length -= offset;
@@ -176,12 +215,15 @@ static void end_tls(SSL *ssl) {
 
 int main(int argc, char **argv) {
   if (argc != 5)
-    die("usage: forward PORT in|out|duplex stream|length16 FD");
+    die("usage: forward PORT in|out|duplex stream|length16|ip FD");
   int port = atoi(argv[1]);
   int decrypt = strcmp(argv[2], "out") != 0;
   int encrypt = strcmp(argv[2], "in") != 0;
-  int packets = strcmp(argv[3], "length16") == 0;
+  int ip = strcmp(argv[3], "ip") == 0;
+  int packets = ip || strcmp(argv[3], "length16") == 0;
   int fd = atoi(argv[4]);
+  if (ip && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)
+    die("cannot make fd %d non-blocking: %s", fd, strerror(errno));
   /* Set once the fd -> TLS direction of an 'out' forwarder has ended. */
   int discard = 0;
 
@@ -205,19 +247,27 @@ int main(int argc, char **argv) {
       size_t length = ssl_read_some(ssl, buffer, kChunkSize);
       if (length == 0) {
         decrypt = 0;
-        if (!discard)
+        /* The peer has received every packet, and a TUN device never
+           reaches EOF, so the fd -> TLS direction ends too. */
+        if (ip)
+          encrypt = 0;
+        else if (!discard)
           shutdown(fd, SHUT_WR);
       } else if (discard) {
         continue;
       } else if (packets) {
-        deliver_packets(&pending, fd, buffer, length);
+        deliver_packets(&pending, fd, ip, buffer, length);
       } else {
         write_all(fd, buffer, length);
       }
     }
     if (encrypt && fds[1].revents != 0) {
       ssize_t length;
-      if (packets) {
+      if (ip) {
+        length = read_ip_packets(fd, buffer);
+        if (length == 0)
+          continue;
+      } else if (packets) {
         length = read_packets(fd, buffer);
       } else {
         length = read_fd(fd, buffer, kChunkSize);

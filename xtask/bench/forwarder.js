@@ -9,20 +9,30 @@
 //   data      a hand-written pump: 'data', write() and 'drain'
 //
 // Argument: one JSON object with the fields port, variant, direction ('in':
-// TLS -> fd, 'out': fd -> TLS, 'duplex') and framing ('stream' or
-// 'length16').
+// TLS -> fd, 'out': fd -> TLS, 'duplex') and framing ('stream', 'length16'
+// or 'ip').
 //
 // For 'stream', fd 3 is a pipe and the JavaScript variants wrap it in a
-// net.Socket. For 'length16', fd 3 is a SOCK_SEQPACKET socket, which
-// net.Socket cannot wrap. There the JavaScript variants read and write it
-// with fs.read() and fs.write() on the thread pool, one packet per call.
-// They add and strip the 16-bit big-endian length of each packet themselves.
+// net.Socket. For 'length16', fd 3 is a SOCK_SEQPACKET socket, and for 'ip'
+// a TUN device, neither of which net.Socket can wrap. There the JavaScript
+// variants read and write fd 3 with fs.read() and fs.write() on the thread
+// pool, one packet per call. With 'length16' they add and strip the 16-bit
+// big-endian length of each packet themselves. With 'ip' they cut the TLS
+// stream into packets by the length in each IPv4 or IPv6 header.
+//
+// A TUN device has no EOF, so with 'ip' the fd -> TLS direction ends when
+// the peer ends the session: spliceTo is stopped with stop(), and the
+// JavaScript variants stop reading fd 3. A thread-pool read blocked on the
+// device would keep the process from exiting, so the script then sends one
+// UDP datagram into the device (to 10.77.0.2:9, the discard port), which
+// completes the read, and drops that packet.
 //
 // When the pump has finished, the script prints one JSON line on stdout:
 // { elu, startNs, endNs }, where elu is performance.eventLoopUtilization()
 // from the handshake to the end. A failure is reported on stderr, and the
 // process then ends with SIGKILL.
 
+const dgram = require('dgram');
 const fs = require('fs');
 const net = require('net');
 const tls = require('tls');
@@ -34,6 +44,18 @@ const kFd = 3;
 // Large enough for any packet with a 16-bit length.
 const kMaxPacketSize = 65535;
 const kSlabSize = 1024 * 1024;
+// Bytes added in front of each packet that PacketSlab reads from fd 3.
+const kPrefixSize = config.framing === 'length16' ? 2 : 0;
+// With 'ip': the address that the TUN device routes, where the wake-up
+// datagram goes.
+const kTunRemoteAddress = '10.77.0.2';
+const kDiscardPort = 9;
+
+// Whether fd 3 is a packet fd, read and written one packet per call.
+const isPacketFd = config.framing === 'length16' || config.framing === 'ip';
+// Set when the peer has ended the session under framing 'ip': reads from
+// the TUN device end as if at EOF.
+let tunReadsStopped = false;
 
 function fail(message) {
   process.stderr.write(`bench forwarder (${config.variant}): ${message}\n`);
@@ -43,31 +65,50 @@ function fail(message) {
   process.kill(process.pid, 'SIGKILL');
 }
 
-// Reads packets into slices of a large buffer, each after room for its
-// 16-bit length, so that a packet costs no allocation of its own.
+// Reads packets into slices of a large buffer, with 'length16' each after
+// room for its 16-bit length, so that a packet costs no allocation of its
+// own.
 class PacketSlab {
   #slab = Buffer.alloc(0);
   #offset = 0;
 
-  // Calls back with (err, frame), where frame contains the length and the
-  // packet, or is null at EOF.
+  // Calls back with (err, frame), where frame contains the length (with
+  // 'length16') and the packet, or is null at EOF.
   read(fd, callback) {
-    if (this.#slab.length - this.#offset < 2 + kMaxPacketSize) {
+    if (tunReadsStopped) {
+      process.nextTick(callback, null, null);
+      return;
+    }
+    if (this.#slab.length - this.#offset < kPrefixSize + kMaxPacketSize) {
       this.#slab = Buffer.allocUnsafe(kSlabSize);
       this.#offset = 0;
     }
     const slab = this.#slab;
     const start = this.#offset;
-    fs.read(fd, slab, start + 2, kMaxPacketSize, null, (err, length) => {
-      if (err || length === 0) {
-        callback(err, null);
-        return;
-      }
-      slab.writeUInt16BE(length, start);
-      this.#offset = start + 2 + length;
-      callback(null, slab.subarray(start, this.#offset));
-    });
+    fs.read(fd, slab, start + kPrefixSize, kMaxPacketSize, null,
+            (err, length) => {
+              if (err || length === 0 || tunReadsStopped) {
+                callback(err, null);
+                return;
+              }
+              if (kPrefixSize === 2)
+                slab.writeUInt16BE(length, start);
+              this.#offset = start + kPrefixSize + length;
+              callback(null, slab.subarray(start, this.#offset));
+            });
   }
+}
+
+// Under framing 'ip': ends the reads from the TUN device once the peer has
+// ended the session, and completes a read that may be blocked on it.
+function stopTunReads() {
+  tunReadsStopped = true;
+  const socket = dgram.createSocket('udp4');
+  socket.send(Buffer.alloc(1), kDiscardPort, kTunRemoteAddress, (err) => {
+    socket.close();
+    if (err)
+      fail(`cannot send the wake-up datagram: ${err.stack}`);
+  });
 }
 
 // Reads one packet per fs.read() call and pushes it with its length prefix.
@@ -110,6 +151,40 @@ class Length16Parser {
   }
 }
 
+// Cuts a byte stream of IP packets into packets by the length in each IPv4
+// or IPv6 header.
+class IpParser {
+  #pending = Buffer.alloc(0);
+
+  // Returns the whole packets completed by `chunk`.
+  push(chunk) {
+    let data = this.#pending.length === 0 ? chunk :
+      Buffer.concat([this.#pending, chunk]);
+    const packets = [];
+    while (data.length >= 6) {
+      const version = data[0] >> 4;
+      let length;
+      if (version === 4)
+        length = data.readUInt16BE(2);
+      else if (version === 6)
+        length = 40 + data.readUInt16BE(4);
+      else
+        fail(`IP version ${version} at the start of a packet`);
+      if (data.length < length)
+        break;
+      packets.push(data.subarray(0, length));
+      data = data.subarray(length);
+    }
+    this.#pending = data;
+    return packets;
+  }
+}
+
+// Returns the parser that cuts the TLS stream into packets for fd 3.
+function packetParser() {
+  return config.framing === 'ip' ? new IpParser() : new Length16Parser();
+}
+
 // Writes each packet with one fs.write() call, in order.
 function writePackets(fd, packets, callback) {
   let index = 0;
@@ -125,7 +200,7 @@ function writePackets(fd, packets, callback) {
 }
 
 class PacketWritable extends Writable {
-  #parser = new Length16Parser();
+  #parser = packetParser();
 
   constructor(fd) {
     super({ highWaterMark: 64 * 1024 });
@@ -139,14 +214,14 @@ class PacketWritable extends Writable {
 
 // Returns the stream that the JavaScript variants read from fd 3.
 function fdReadable() {
-  if (config.framing === 'length16')
+  if (isPacketFd)
     return new PacketReadable(kFd);
   return new net.Socket({ fd: kFd, readable: true, writable: false });
 }
 
 // Returns the stream that the JavaScript variants write to fd 3.
 function fdWritable() {
-  if (config.framing === 'length16')
+  if (isPacketFd)
     return new PacketWritable(kFd);
   return new net.Socket({ fd: kFd, readable: false, writable: true });
 }
@@ -158,6 +233,12 @@ function runSplice(socket, done) {
     framing: config.framing,
   });
   handle.on('error', (err) => fail(`splice error: ${err.stack}`));
+  if (config.framing === 'ip') {
+    handle.on('end', (direction) => {
+      if (direction === 'in')
+        handle.stop();
+    });
+  }
   handle.on('close', done);
   handle.start();
 }
@@ -204,8 +285,8 @@ function runPipeline(socket, done) {
 
 // TLS -> fd by hand: pause the socket while the fd's queue is full.
 function pumpIn(socket, finished) {
-  if (config.framing === 'length16') {
-    const parser = new Length16Parser();
+  if (isPacketFd) {
+    const parser = packetParser();
     socket.on('data', (chunk) => {
       socket.pause();
       writePackets(kFd, parser.push(chunk), (err) => {
@@ -230,7 +311,7 @@ function pumpIn(socket, finished) {
 
 // fd -> TLS by hand: read the next chunk only while the socket accepts more.
 function pumpOut(socket, finished) {
-  if (config.framing === 'length16') {
+  if (isPacketFd) {
     const slab = new PacketSlab();
     const readPacket = () => {
       slab.read(kFd, (err, frame) => {
@@ -296,6 +377,8 @@ socket.on('error', (err) => fail(`TLS socket error: ${err.stack}`));
 socket.once('secureConnect', () => {
   const startNs = process.hrtime.bigint();
   const eluStart = performance.eventLoopUtilization();
+  if (config.framing === 'ip' && config.variant !== 'splice')
+    socket.once('end', stopTunReads);
   run(socket, () => {
     const elu = performance.eventLoopUtilization(eluStart).utilization;
     const endNs = process.hrtime.bigint();
@@ -304,5 +387,8 @@ socket.once('secureConnect', () => {
       startNs: startNs.toString(),
       endNs: endNs.toString(),
     })}\n`);
+    // spliceTo's stop() leaves the socket open.
+    if (config.framing === 'ip')
+      socket.destroy();
   });
 });

@@ -12,9 +12,14 @@
 //                 'packets': send `packets` packets of `packetSize` bytes and
 //                 receive as many, then end the session
 //   bytes, packets, packetSize
-//   framing       'length16' (each packet preceded by its length as a 16-bit
-//                 big-endian integer) or 'none' (bare packets, counted by
-//                 size), for mode 'packets'
+//   framing       for mode 'packets': 'length16' (each packet preceded by
+//                 its length as a 16-bit big-endian integer), 'none' (bare
+//                 packets, counted by size) or 'ip' (IPv4 packets, cut by
+//                 the total length in their header). With 'ip' the peer
+//                 sends IPv4/UDP packets from 10.77.0.2:7001 to
+//                 10.77.0.1:7002, for a TUN device whose address is
+//                 10.77.0.1, and checks that every packet it receives is an
+//                 IPv4 packet of `packetSize` bytes.
 //   rate          packets per second to send, or 0 for as fast as possible
 //   startDelayMs  for mode 'send': idle time between the handshake and the
 //                 first byte sent
@@ -96,16 +101,104 @@ function receiveBytes(socket, onDone) {
   });
 }
 
+// Addresses and UDP ports of the packets of framing 'ip'.
+const kTunSource = [10, 77, 0, 2];
+const kTunDestination = [10, 77, 0, 1];
+const kTunSourcePort = 7001;
+const kTunDestinationPort = 7002;
+const kIpv4HeaderSize = 20;
+
+// Returns the Internet checksum (RFC 1071) of `data`.
+function internetChecksum(data) {
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 2)
+    sum += (data[i] << 8) + (i + 1 < data.length ? data[i + 1] : 0);
+  while (sum > 0xffff)
+    sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+// Returns an IPv4 packet of `size` bytes that carries a UDP datagram from
+// kTunSource to kTunDestination. Its UDP checksum is 0, which IPv4 allows
+// and which means that there is none.
+function ipv4UdpPacket(size) {
+  const packet = Buffer.alloc(size, 0xa5);
+  packet[0] = 0x45;
+  packet[1] = 0;
+  packet.writeUInt16BE(size, 2);
+  packet.writeUInt32BE(0, 4);
+  packet[8] = 64;
+  packet[9] = 17;
+  packet.writeUInt16BE(0, 10);
+  packet.set(kTunSource, 12);
+  packet.set(kTunDestination, 16);
+  packet.writeUInt16BE(internetChecksum(packet.subarray(0, kIpv4HeaderSize)),
+                       10);
+  const udp = kIpv4HeaderSize;
+  packet.writeUInt16BE(kTunSourcePort, udp);
+  packet.writeUInt16BE(kTunDestinationPort, udp + 2);
+  packet.writeUInt16BE(size - kIpv4HeaderSize, udp + 4);
+  packet.writeUInt16BE(0, udp + 6);
+  return packet;
+}
+
+// Counts the IPv4 packets in a byte stream, cut by the total length in
+// their header, and fails on any packet that is not IPv4 or not
+// `packetSize` bytes long.
+class Ipv4PacketCounter {
+  #pending = Buffer.alloc(0);
+  #offset = 0;
+  count = 0;
+
+  push(chunk) {
+    const data = this.#pending.length === 0 ? chunk :
+      Buffer.concat([this.#pending, chunk]);
+    let offset = 0;
+    while (data.length - offset >= 4) {
+      const version = data[offset] >> 4;
+      const length = data.readUInt16BE(offset + 2);
+      if (version !== 4 || length !== config.packetSize) {
+        fail(`received a packet of IP version ${version} and ${length} ` +
+             `bytes at stream offset ${this.#offset + offset}, expected ` +
+             `IPv4 packets of ${config.packetSize} bytes`);
+      }
+      if (data.length - offset < length)
+        break;
+      offset += length;
+      this.count++;
+    }
+    this.#offset += offset;
+    this.#pending = data.subarray(offset);
+  }
+}
+
+// Returns the frame that the peer sends for each packet.
+function packetFrame() {
+  const { packetSize } = config;
+  switch (config.framing) {
+    case 'length16': {
+      const frame = Buffer.alloc(2 + packetSize, 0xa5);
+      frame.writeUInt16BE(packetSize, 0);
+      return frame;
+    }
+    case 'none':
+      return Buffer.alloc(packetSize, 0xa5);
+    case 'ip':
+      return ipv4UdpPacket(packetSize);
+    default:
+      fail(`invalid framing ${JSON.stringify(config.framing)}`);
+  }
+}
+
 // Sends and receives `packets` packets at once. Received packets are
-// counted by bytes, because every packet has the same size.
+// counted by bytes, because every packet has the same size, except with
+// framing 'ip', where they are cut by their IPv4 headers.
 function exchangePackets(socket, onDone) {
-  const { packets, packetSize, rate } = config;
-  const headerSize = config.framing === 'length16' ? 2 : 0;
-  const frameSize = headerSize + packetSize;
-  const frame = Buffer.alloc(frameSize, 0xa5);
-  if (headerSize === 2)
-    frame.writeUInt16BE(packetSize, 0);
+  const { packets, rate } = config;
+  const frame = packetFrame();
+  const frameSize = frame.length;
   const expectedBytes = packets * frameSize;
+  const ipCounter = config.framing === 'ip' ? new Ipv4PacketCounter() : null;
 
   let sent = 0;
   let receivedBytes = 0;
@@ -119,7 +212,8 @@ function exchangePackets(socket, onDone) {
     socket.end();
     onDone({
       sentPackets: sent,
-      receivedPackets: receivedBytes / frameSize,
+      receivedPackets: ipCounter === null ? receivedBytes / frameSize :
+        ipCounter.count,
       firstNs: firstNs ?? now(),
       lastNs: lastNs ?? now(),
     });
@@ -129,6 +223,7 @@ function exchangePackets(socket, onDone) {
     lastNs = now();
     firstNs ??= lastNs;
     receivedBytes += data.length;
+    ipCounter?.push(data);
     if (receivedBytes > expectedBytes)
       fail(`received ${receivedBytes} bytes, expected ${expectedBytes}`);
     if (receivedBytes === expectedBytes) {

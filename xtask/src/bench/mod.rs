@@ -12,7 +12,9 @@
 //! Workloads:
 //! - W1: TLS -> pipe, bulk.
 //! - W2: pipe -> TLS, bulk.
-//! - W3: 1400-byte packets both ways at once over a SOCK_SEQPACKET socketpair.
+//! - W3: 1400-byte packets both ways at once over a SOCK_SEQPACKET socketpair,
+//!   and again over a TUN device in a network namespace of its own
+//!   (`framing: 'ip'`).
 //! - W4: the same packets at a fixed rate, to compare CPU and event-loop
 //!   utilization at equal work.
 //! - W5: a sink that never reads while the peer offers 1 GiB: RSS growth of
@@ -136,6 +138,8 @@ pub enum Workload {
     W1,
     W2,
     W3,
+    /// W3 over a TUN device instead of a socketpair.
+    W3Tun,
     W4,
     W5,
 }
@@ -146,6 +150,7 @@ impl Workload {
             Workload::W1 => "W1: TLS -> pipe, bulk",
             Workload::W2 => "W2: pipe -> TLS, bulk",
             Workload::W3 => "W3: 1400-byte packets both ways over SOCK_SEQPACKET",
+            Workload::W3Tun => "W3: 1400-byte packets both ways over a TUN device",
             Workload::W4 => "W4: 1400-byte packets at a fixed rate",
             Workload::W5 => "W5: stalled sink, peer offering 1 GiB",
         }
@@ -153,17 +158,25 @@ impl Workload {
 
     /// Returns the zero-length transfer whose CPU time is subtracted as the
     /// forwarder's fixed cost, or None where CPU per unit is not reported.
+    /// The TUN workload uses the socketpair's: the xtask, not the forwarder,
+    /// creates the namespace and the device.
     pub fn startup_shape(self) -> Option<Shape> {
         match self {
             Workload::W1 => Some(Shape::StreamIn),
             Workload::W2 => Some(Shape::StreamOut),
-            Workload::W3 | Workload::W4 => Some(Shape::Packets),
+            Workload::W3 | Workload::W3Tun | Workload::W4 => Some(Shape::Packets),
             Workload::W5 => None,
         }
     }
 
     pub fn moves_packets(self) -> bool {
-        matches!(self, Workload::W3 | Workload::W4)
+        matches!(self, Workload::W3 | Workload::W3Tun | Workload::W4)
+    }
+
+    /// Returns whether `variant` can run this workload. socat cannot cut the
+    /// TLS stream into IP packets, so it has no TUN measurement.
+    pub fn supports(self, variant: Variant) -> bool {
+        !(self == Workload::W3Tun && variant == Variant::Socat)
     }
 }
 
@@ -185,7 +198,8 @@ pub struct Settings {
     pub cpu: usize,
     /// Bytes moved per run in W1 and W2.
     pub stream_bytes: u64,
-    /// Packets sent each way per run in W3.
+    /// Packets sent each way per run in W3, over the socketpair and over
+    /// the TUN device.
     pub packets: u64,
     pub packet_size: usize,
     /// W4: packets per second each way, and for how long. The rate is set
@@ -216,6 +230,7 @@ impl Settings {
                 (Workload::W1, aes),
                 (Workload::W2, aes),
                 (Workload::W3, aes),
+                (Workload::W3Tun, aes),
                 (Workload::W4, aes),
                 (Workload::W5, aes),
             ]
@@ -226,6 +241,7 @@ impl Settings {
                 (Workload::W2, aes),
                 (Workload::W2, chacha),
                 (Workload::W3, aes),
+                (Workload::W3Tun, aes),
                 (Workload::W4, aes),
                 (Workload::W5, aes),
             ]
@@ -411,8 +427,12 @@ fn measure_workloads(env: &mut Env, startup: &Startup, scratch: &Path) -> Result
                 env.settings.fixed_rate
             );
         }
+        let variants: Vec<Variant> = Variant::ALL
+            .into_iter()
+            .filter(|&variant| workload.supports(variant))
+            .collect();
         for run in 0..env.settings.runs {
-            for variant in rotated(&Variant::ALL, run) {
+            for variant in rotated(&variants, run) {
                 let sample =
                     workloads::measure(env, workload, variant, cipher, run).with_context(|| {
                         format!(

@@ -378,7 +378,7 @@ impl Results {
 /// for W1 to W3, lower CPU per packet for W4, lower RSS growth for W5.
 fn ranking_figure(workload: Workload, sample: &Sample, startup: &Startup) -> Option<f64> {
     match workload {
-        Workload::W1 | Workload::W2 | Workload::W3 => throughput(sample),
+        Workload::W1 | Workload::W2 | Workload::W3 | Workload::W3Tun => throughput(sample),
         Workload::W4 => cpu_per_unit(sample, startup).map(|cpu| -cpu),
         Workload::W5 => sample.rss_growth_kib.map(|kib| -(kib as f64)),
     }
@@ -454,7 +454,8 @@ fn summarize(
         let vs_best_js = best_js
             .filter(|best| comparable && *best != variant)
             .map(|best| ratios(samples, variant, best, startup));
-        let vs_socat = (comparable && variant != Variant::Socat)
+        let has_socat = !of_variant(Variant::Socat).is_empty();
+        let vs_socat = (comparable && has_socat && variant != Variant::Socat)
             .then(|| ratios(samples, variant, Variant::Socat, startup));
         rows.push(Row {
             workload,
@@ -502,7 +503,7 @@ fn find_loss(workload: Workload, cipher: Cipher, rows: &[Row], best_js: Variant)
             }
         };
     match workload {
-        Workload::W1 | Workload::W2 | Workload::W3 => {
+        Workload::W1 | Workload::W2 | Workload::W3 | Workload::W3Tun => {
             compare(
                 throughput_unit(workload),
                 splice.throughput,

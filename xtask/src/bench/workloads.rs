@@ -18,6 +18,8 @@ use super::process::{
 };
 use super::{indent, Cipher, Env, Sample, Shape, Variant, Workload};
 
+mod tun;
+
 /// Size of the xtask's reads and writes on its end of a stream fd.
 const CHUNK_SIZE: usize = 64 * 1024;
 /// Events that `perf stat` counts for the report's explanation of a loss.
@@ -107,6 +109,10 @@ pub fn measure(
             packets(env, variant, cipher, settings.packets, 0)?,
             2 * settings.packets,
         ),
+        Workload::W3Tun => (
+            tun::packets(env, variant, cipher, settings.packets)?,
+            2 * settings.packets,
+        ),
         Workload::W4 => {
             let count = (settings.fixed_rate as f64 * settings.fixed_rate_seconds) as u64;
             (
@@ -181,7 +187,7 @@ fn base_command(env: &Env, program: &Path) -> Command {
 }
 
 /// Returns the forwarder's command line. `direction` is 'in', 'out' or
-/// 'duplex', and `framing` is 'stream' or 'length16'.
+/// 'duplex', and `framing` is 'stream', 'length16' or 'ip'.
 fn forwarder_command(
     env: &Env,
     variant: Variant,
