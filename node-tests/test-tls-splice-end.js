@@ -246,8 +246,8 @@ function spawnChild(name, port) {
     assert.strictEqual(code, 0, `child '${name}' exited with ${code}`);
   });
   const peer = child.stdio[CHILD_FD];
-  // The parent shuts down its end only by calling end(), never in answer to
-  // the child's shutdown, so each EOF the child sees is one the test chose.
+  // The parent shuts down its end only by calling end(), never in response to
+  // the child's shutdown, so each EOF the child reads is one the test chose.
   peer.allowHalfOpen = true;
   return { peer, exited };
 }

@@ -245,7 +245,7 @@ const childScenarios = {
   },
 
   // A duplex splice on fd 3 whose other end the parent closes while the
-  // server sends: the write fails and the read sees EOF in the same poll
+  // server sends: the write fails and the read returns EOF in the same poll
   // round. The error ends the splice; the 'out' direction neither reports
   // an end nor sends close_notify, so JS still writes to the socket.
   async 'fd closed in duplex'(port) {

@@ -41,8 +41,8 @@ pub mod bridge {
         Fd,
         /// The decrypted stream or a packet from the fd breaks the framing.
         Framing,
-        /// Writing to the transport failed. Only the host reports this: the
-        /// pump never sees the transport's writes complete.
+        /// Writing to the transport failed. Only the host reports this,
+        /// because the pump is not told when transport writes complete.
         Transport,
     }
 

@@ -160,8 +160,8 @@ enum EncryptState {
 
 struct Encrypt {
     state: EncryptState,
-    /// The host holds the direction back (writes of its own still go
-    /// first); nothing is read from the fd meanwhile.
+    /// The host paused the direction until its own earlier writes are sent.
+    /// Nothing is read from the fd meanwhile.
     held: bool,
     buf: Box<[u8]>,
     /// End of the bytes read from the fd; `buf[written..pending]` is not yet
@@ -542,14 +542,9 @@ impl Splice {
         self.update_poll();
     }
 
-    /// Stops the splice. Nothing more is read from the fd, bytes read but
-    /// not yet encrypted are passed to `SSL_write`, decrypted bytes not yet
-    /// written are handed back with `Host::give_back`, and the fd is
-    /// released. Directions that had not ended report nothing: the host
-    /// takes them back. Idempotent.
-    /// Holds the encrypt direction back, or lets it go. The host holds it
-    /// while writes of its own, made before the splice started, are still
-    /// on their way, so that they reach the transport before fd input.
+    /// Pauses or resumes the encrypt direction. The host pauses it while its
+    /// own writes from before the splice are still pending, so that they
+    /// reach the transport before any fd input.
     pub fn hold_encrypt(&mut self, held: bool) {
         let Some(e) = &mut self.encrypt else { return };
         if e.held == held {
@@ -562,6 +557,11 @@ impl Splice {
         self.update_poll();
     }
 
+    /// Stops the splice. Nothing more is read from the fd, bytes read but
+    /// not yet encrypted are passed to `SSL_write`, decrypted bytes not yet
+    /// written are handed back with `Host::give_back`, and the fd is
+    /// released. Directions that had not ended report nothing: the host
+    /// takes them back. Idempotent.
     pub fn stop(&mut self) {
         if self.released {
             return;

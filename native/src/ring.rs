@@ -100,9 +100,9 @@ impl Ring {
 
     /// Appends `data`, growing the storage first when it does not fit.
     ///
-    /// Only for bytes the host decrypted before the splice started: they
-    /// may exceed the capacity chosen for the high-water mark, and they
-    /// must not be refused, because nothing else holds them.
+    /// Only for bytes the host decrypted before the splice started. They may
+    /// exceed the capacity chosen for the high-water mark, but they cannot be
+    /// rejected, because no other buffer keeps them.
     pub fn push(&mut self, data: &[u8]) {
         if data.len() > self.free() {
             let mut storage = vec![0; self.len + data.len()].into_boxed_slice();

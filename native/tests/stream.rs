@@ -156,8 +156,8 @@ fn duplex_over_socketpair_with_small_buffers() {
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events.last(), Some(&Event::Closed));
     // The encrypt direction stops reading the fd once the backlog reaches
-    // HWM + 16 KiB minus one 64 KiB read, so that one more read stays
-    // within the bound; reaching that brake means the transport fell behind.
+    // HWM + 16 KiB minus one 64 KiB read, so one more read stays within the
+    // bound. A backlog that reaches this brake means the transport fell behind.
     let max_backlog = harness.state.borrow().max_backlog_seen;
     assert!(
         max_backlog >= HWM + 16 * 1024 - 64 * 1024,
